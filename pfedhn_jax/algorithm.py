@@ -1,0 +1,123 @@
+"""pFedHN and pFedHN-PC as one algorithm record: `init`, `step`, `personal_params`.
+
+The two variants differ only in which target layers are private (kept on the client, never
+generated): none for pFedHN, the classifier head for pFedHN-PC. One outer step:
+  ids ~ clients (C of N, without replacement)     C = clients_per_step (reference: 1)
+  θ_i = h(v_i; φ)                                  hypernetwork, on the server
+  θ̃_i, private_i = local_update(θ_i, private_i)   K SGD steps on the client's own data
+  φ ← opt(φ, VJP of h at (θ − θ̃))                 server
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pfedhn_jax import client, server
+from pfedhn_jax.data.federated import FederatedData, sample_batch
+from pfedhn_jax.hypernet import HyperNetwork
+from pfedhn_jax.targets import Params
+
+
+class ClientState(NamedTuple):
+    """Per-client state that persists across rounds; every leaf has a leading client axis N."""
+
+    private: Params      # private layers ({} for pFedHN)
+    opt_state: Any       # their optimizer state
+
+
+class TrainState(NamedTuple):
+    step: jax.Array              # () int32: outer steps completed
+    server: server.ServerState
+    clients: ClientState
+    key: jax.Array               # PRNG key for the next step
+
+
+class StepMetrics(NamedTuple):
+    client_ids: jax.Array   # (C,)
+    loss: jax.Array         # (C,) mean local training loss of each client
+    delta_norm: jax.Array   # (C,) ||θ − θ̃|| of each client
+
+
+@dataclasses.dataclass(frozen=True)
+class PFedHN:
+    """Hyperparameters and the pure functions of pFedHN (and -PC, via `hnet.exclude`).
+
+    Defaults are the reference's (REFERENCE.md §3). `clients_per_step > 1` averages the clients'
+    VJPs, a deviation the paper never used. `strategy` and `unroll` change speed, not numbers.
+    """
+
+    hnet: HyperNetwork
+    inner_steps: int = 50
+    batch_size: int = 64
+    inner_lr: float = 5e-3
+    inner_momentum: float = 0.9
+    inner_wd: float = 5e-5
+    inner_clip: float = 50.0
+    optim: str = "sgd"
+    lr: float = 1e-2
+    embed_lr: float | None = None
+    wd: float = 1e-3
+    momentum: float = 0.9
+    clip: float = 50.0
+    clients_per_step: int = 1
+    strategy: str = "auto"
+    unroll: int = 1
+
+    @property
+    def target(self):
+        return self.hnet.target
+
+    @property
+    def private_layers(self) -> tuple[str, ...]:
+        return self.hnet.exclude
+
+    def server_optimizer(self) -> optax.GradientTransformation:
+        return server.hyper_optimizer(self.optim, self.lr, self.embed_lr, self.wd, self.momentum, self.clip)
+
+    def theta_optimizer(self) -> optax.GradientTransformation:
+        return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd, self.inner_clip)
+
+    def private_optimizer(self) -> optax.GradientTransformation:
+        """The private head's own SGD (pFedHN-PC): same lr / momentum / wd, not clipped, state persists."""
+        return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd)
+
+    def init(self, key: jax.Array) -> TrainState:
+        k_hnet, k_priv, k_run = jax.random.split(key, 3)
+        srv = server.init_server(self.hnet, self.server_optimizer(), k_hnet)
+        keys = jax.random.split(k_priv, self.hnet.num_clients)
+        private = jax.vmap(lambda k: {n: p for n, p in self.target.init(k).items()
+                                      if n in self.private_layers})(keys)
+        opt_state = jax.vmap(self.private_optimizer().init, axis_size=self.hnet.num_clients)(private)
+        return TrainState(jnp.zeros((), jnp.int32), srv, ClientState(private, opt_state), k_run)
+
+    def personal_params(self, state: TrainState, client_ids: jax.Array) -> Params:
+        """Each client's full target weights: generated θ plus its private layers. Leaves (C, ...)."""
+        theta = self.hnet.apply(state.server.params, client_ids)
+        return {**theta, **jax.tree.map(lambda a: a[client_ids], state.clients.private)}
+
+    def step(self, data: FederatedData, state: TrainState) -> tuple[TrainState, StepMetrics]:
+        """One outer step (pure; jit it with `data` as an argument)."""
+        key, k_ids, k_local = jax.random.split(state.key, 3)
+        ids = jax.random.choice(k_ids, self.hnet.num_clients, (self.clients_per_step,), replace=False)
+        theta = self.hnet.apply(state.server.params, ids)
+        gathered = jax.tree.map(lambda a: a[ids], state.clients)
+        theta_opt, private_opt = self.theta_optimizer(), self.private_optimizer()
+
+        def one_client(cid, th, pr, pr_state, k):
+            batch_fn = lambda kb: sample_batch(data, data.train, cid, kb, self.batch_size)
+            return client.local_update(self.target.apply, th, pr, pr_state, batch_fn, k, self.inner_steps,
+                                       theta_opt, private_opt, self.unroll)
+
+        res = client.run_clients(
+            one_client, (ids, theta, gathered.private, gathered.opt_state,
+                         jax.random.split(k_local, self.clients_per_step)), self.strategy)
+        srv = server.server_update(self.hnet, self.server_optimizer(), state.server, ids, res.theta)
+        clients = jax.tree.map(lambda all_, new: all_.at[ids].set(new), state.clients,
+                               ClientState(res.private, res.private_opt_state))
+        delta = jax.vmap(optax.tree.norm)(jax.tree.map(jnp.subtract, theta, res.theta))
+        return TrainState(state.step + 1, srv, clients, key), StepMetrics(ids, res.loss, delta)

@@ -1,0 +1,116 @@
+"""The federated dataset on the device, and batch sampling inside jit.
+
+Images live once on the device as uint8 (normalised when gathered); each split (train / val /
+test) is a padded (N, L) array of positions into the image array plus per-client counts. A local
+step samples its batch with `jax.random`, so nothing crosses between host and device per step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pfedhn_jax.data import partition
+from pfedhn_jax.data.sources import DatasetInfo, RawDataset
+from pfedhn_jax.errors import UserError
+
+
+class ClientIndex(NamedTuple):
+    """Per-client sample positions, padded: index[i, :count[i]] are client i's samples."""
+
+    index: jax.Array  # (N, L) int32 positions into FederatedData.x (padding repeats a valid one)
+    count: jax.Array  # (N,) int32
+
+
+class FederatedData(NamedTuple):
+    x: jax.Array     # (M, H, W, C) uint8: all images of all splits, stored once
+    y: jax.Array     # (M,) int32
+    mean: jax.Array  # (C,) float32, on the [0, 1] scale
+    std: jax.Array   # (C,) float32
+    train: ClientIndex
+    val: ClientIndex
+    test: ClientIndex
+
+    @property
+    def num_clients(self) -> int:
+        return self.train.count.shape[0]
+
+    def images(self, positions: jax.Array) -> jax.Array:
+        """Gather and normalise: positions (...,) -> float32 images (..., H, W, C)."""
+        return (self.x[positions].astype(jnp.float32) / 255.0 - self.mean) / self.std
+
+
+def pad_clients(lists: list[np.ndarray], min_len: int = 1) -> ClientIndex:
+    """Per-client index lists -> padded (N, L) array; padding repeats each client's first index."""
+    length = max(min_len, max(len(ix) for ix in lists))
+    index = np.zeros((len(lists), length), np.int32)
+    for i, ix in enumerate(lists):
+        index[i, :len(ix)] = ix
+        index[i, len(ix):] = ix[0] if len(ix) else 0
+    return ClientIndex(jnp.asarray(index), jnp.asarray([len(ix) for ix in lists], jnp.int32))
+
+
+def sample_batch(data: FederatedData, split: ClientIndex, client: jax.Array, key: jax.Array,
+                 batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A random batch of one client's samples, without replacement (a fresh shuffle's first batch).
+
+    Returns images (B, H, W, C), labels (B,), and a mask (B,) that is False past the client's
+    count when it holds fewer than B samples (the reference's batch is then just smaller).
+    """
+    length = split.index.shape[1]
+    count = split.count[client]
+    u = jnp.where(jnp.arange(length) < count, jax.random.uniform(key, (length,)), 2.0)
+    _, pos = jax.lax.top_k(-u, batch_size)
+    positions = split.index[client, pos]
+    return data.images(positions), data.y[positions], jnp.arange(batch_size) < count
+
+
+class SplitSummary(NamedTuple):
+    """Host-side record of the split, for results and tests."""
+
+    assignment: partition.Assignment
+    train: list[np.ndarray]  # per-client indices into raw x_train
+    val: list[np.ndarray]    # per-client indices into raw x_train (the carved-out validation set)
+    test: list[np.ndarray]   # per-client indices into raw x_test
+
+
+def make_split(raw: RawDataset, info: DatasetInfo, num_clients: int, classes_per_client: int,
+               seed: int, val_size: int = 10_000, split: str = "reference",
+               alpha: float = 0.5) -> SplitSummary:
+    """The federated split of a raw dataset, deterministic from `seed` (REFERENCE.md §4)."""
+    seq = np.random.SeedSequence(seed)
+    r_val, r_assign, r_train, r_vsplit, r_test = (np.random.default_rng(s) for s in seq.spawn(5))
+    if not 0 <= val_size < len(raw.y_train):
+        raise UserError(f"--val-size: must be in [0, {len(raw.y_train)}), got {val_size}")
+    train_pool, val_pool = partition.validation_carve_out(len(raw.y_train), val_size, r_val)
+    if split == "reference":
+        assignment = partition.reference_assignment(info.n_classes, num_clients, classes_per_client, r_assign)
+    elif split == "dirichlet":
+        assignment = partition.dirichlet_assignment(info.n_classes, num_clients, alpha, r_assign)
+    else:
+        raise UserError(f"--split: unknown split '{split}'; choose 'reference' or 'dirichlet'")
+    train = [train_pool[ix] for ix in partition.split_indices(raw.y_train[train_pool], assignment, info.n_classes, r_train)]
+    val = [val_pool[ix] for ix in partition.split_indices(raw.y_train[val_pool], assignment, info.n_classes, r_vsplit)]
+    test = partition.split_indices(raw.y_test, assignment, info.n_classes, r_test)
+    for name, lists, flag in (("training", train, "--num-clients"), ("test", test, "--num-clients")):
+        empty = [i for i, ix in enumerate(lists) if len(ix) == 0]
+        if empty:
+            raise UserError(f"{flag}: {len(empty)} of {num_clients} clients get no {name} samples; "
+                            "use fewer clients (or a larger --alpha for the Dirichlet split)")
+    return SplitSummary(assignment, train, val, test)
+
+
+def to_device(raw: RawDataset, info: DatasetInfo, split: SplitSummary, batch_size: int) -> FederatedData:
+    """Put the images on the device once and the per-client index arrays beside them."""
+    n_train = len(raw.x_train)
+    x = jnp.asarray(np.concatenate([raw.x_train, raw.x_test]))
+    y = jnp.asarray(np.concatenate([raw.y_train, raw.y_test]).astype(np.int32))
+    val = split.val if any(len(v) for v in split.val) else split.test  # val_size=0: select on test
+    return FederatedData(
+        x, y, jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
+        train=pad_clients(split.train, min_len=batch_size),
+        val=pad_clients(val if val is split.val else [t + n_train for t in val]),
+        test=pad_clients([t + n_train for t in split.test]))

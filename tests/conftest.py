@@ -1,0 +1,30 @@
+"""Shared fixtures: the offline data folder (../shared/data, or $PFEDHN_DATA_DIR) and small models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pfedhn_jax.targets import ConvNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("PFEDHN_DATA_DIR") or ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if not (d / "cifar10.npz").is_file():
+        pytest.fail(f"real data not found at {d}: set PFEDHN_DATA_DIR to the folder holding cifar10.npz")
+    return d
+
+
+@pytest.fixture
+def tiny_target() -> ConvNet:
+    """A small ConvNet with the CIFAR net's structure (2 convs, 2 dense, head), fast to differentiate."""
+    return ConvNet((10, 10, 3), (3, 4), 3, "VALID", (6, 5), 4)
