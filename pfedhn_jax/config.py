@@ -10,12 +10,14 @@ import dataclasses
 from typing import Any
 
 from pfedhn_jax.client import STRATEGIES
+from pfedhn_jax.data.omniglot import MAX_CHARACTERS
 from pfedhn_jax.data.sources import DATASETS
 from pfedhn_jax.errors import UserError
 from pfedhn_jax.server import OPTIMIZERS
 from pfedhn_jax.targets import COMPUTE_DTYPES, CONV_IMPLS
 
 ALGOS = ("pfedhn", "pfedhn-pc")
+DATASET_NAMES = tuple(DATASETS) + ("omniglot",)
 # Hypernetwork learning rate by algorithm, as in the reference's two trainers.
 DEFAULT_LR = {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}
 
@@ -25,7 +27,7 @@ class Config:
     """Every knob of a run. Defaults reproduce the reference (REFERENCE.md §3); deviations are opt-in."""
 
     # data
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"           # cifar10 | cifar100 | omniglot
     data_dir: str | None = None
     data_source: str = "auto"          # auto | npz | tfds
     download: bool = False             # TFDS only
@@ -33,7 +35,10 @@ class Config:
     classes_per_client: int = -1       # -1: the dataset's paper value (2 for CIFAR-10, 10 for CIFAR-100)
     split: str = "reference"           # reference | dirichlet
     alpha: float = 0.5                 # Dirichlet concentration (split='dirichlet')
-    val_size: int = 10_000
+    val_size: int = 10_000             # CIFAR: validation images carved out of the training set
+    image_size: int = 28               # Omniglot: side of the downsampled images
+    n_train: int = 14                  # Omniglot: drawings per character for training
+    n_val: int = 3                     # Omniglot: ... for validation (the rest, 3, for test)
     # algorithm
     algo: str = "pfedhn"
     num_steps: int = 5000
@@ -67,11 +72,13 @@ class Config:
 
     @property
     def n_classes(self) -> int:
-        return DATASETS[self.dataset].n_classes
+        return MAX_CHARACTERS if self.dataset == "omniglot" else DATASETS[self.dataset].n_classes
 
     @property
     def client_classes(self) -> int:
-        return DATASETS[self.dataset].classes_per_client if self.classes_per_client == -1 else self.classes_per_client
+        if self.classes_per_client != -1 or self.dataset == "omniglot":
+            return self.classes_per_client
+        return DATASETS[self.dataset].classes_per_client
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +88,7 @@ class Config:
         def choice(flag, value, options):
             if value not in options:
                 raise UserError(f"--{flag}: unknown value '{value}'; choose one of {', '.join(options)}")
-        choice("dataset", self.dataset, tuple(DATASETS))
+        choice("dataset", self.dataset, DATASET_NAMES)
         choice("algo", self.algo, ALGOS)
         choice("optim", self.optim, OPTIMIZERS)
         choice("split", self.split, ("reference", "dirichlet"))
@@ -92,6 +99,7 @@ class Config:
         for flag, v in (("num-clients", self.num_clients), ("num-steps", self.num_steps),
                         ("inner-steps", self.inner_steps), ("batch-size", self.batch_size),
                         ("eval-every", self.eval_every), ("hyper-hid", self.hyper_hid),
+                        ("image-size", self.image_size), ("n-train", self.n_train),
                         ("n-kernels", self.n_kernels), ("clients-per-step", self.clients_per_step),
                         ("unroll", self.unroll)):
             if v < 1:
@@ -106,7 +114,7 @@ class Config:
                 raise UserError(f"--{flag}: must be >= 0, got {v}")
         if self.embed_dim != -1 and self.embed_dim < 1:
             raise UserError(f"--embed-dim: must be a positive integer or -1 (auto: int(1 + N/4)), got {self.embed_dim}")
-        if not 1 <= self.client_classes <= self.n_classes:
+        if self.dataset != "omniglot" and not 1 <= self.client_classes <= self.n_classes:
             raise UserError(f"--classes-per-client: {self.client_classes} is outside 1..{self.n_classes} "
                             f"(the number of classes of {self.dataset})")
         if self.clients_per_step > self.num_clients:

@@ -22,10 +22,11 @@ import numpy as np
 from pfedhn_jax import evaluate
 from pfedhn_jax.algorithm import PFedHN, StepMetrics, TrainState
 from pfedhn_jax.config import Config
-from pfedhn_jax.data import DATASETS, FederatedData, SplitSummary, load_raw, make_split, to_device
+from pfedhn_jax.data import DATASETS, DatasetInfo, FederatedData, SplitSummary, load_raw, make_split, to_device
+from pfedhn_jax.data.omniglot import load_omniglot, make_omniglot_split, omniglot_info
 from pfedhn_jax.errors import DivergenceError, UserError
 from pfedhn_jax.hypernet import HyperNetwork
-from pfedhn_jax.targets import cifar_cnn
+from pfedhn_jax.targets import ConvNet, cifar_cnn, omniglot_cnn
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -35,10 +36,21 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return "im2col" if jax.default_backend() == "cpu" else "xla"
 
 
+def dataset_info(cfg: Config) -> DatasetInfo:
+    return omniglot_info(cfg.image_size) if cfg.dataset == "omniglot" else DATASETS[cfg.dataset]
+
+
+def build_target(cfg: Config) -> ConvNet:
+    """The paper's target for the dataset: the LeNet-like CNN for CIFAR, the 4-conv net for Omniglot."""
+    speed = dict(conv_impl=resolve_conv_impl(cfg.conv_impl), compute_dtype=cfg.compute_dtype)
+    if cfg.dataset == "omniglot":
+        return omniglot_cnn(cfg.n_classes, cfg.image_size, **speed)
+    return cifar_cnn(cfg.n_classes, cfg.n_kernels, **speed)
+
+
 def build_algorithm(cfg: Config) -> PFedHN:
     """The algorithm record for a config: target, hypernetwork and optimiser settings."""
-    target = cifar_cnn(cfg.n_classes, cfg.n_kernels, conv_impl=resolve_conv_impl(cfg.conv_impl),
-                       compute_dtype=cfg.compute_dtype)
+    target = build_target(cfg)
     exclude = (target.head,) if cfg.algo == "pfedhn-pc" else ()
     hnet = HyperNetwork(target, cfg.num_clients, cfg.embed_dim, cfg.hyper_hid, cfg.n_hidden, exclude)
     return PFedHN(hnet, inner_steps=cfg.inner_steps, batch_size=cfg.batch_size, inner_lr=cfg.inner_lr,
@@ -48,14 +60,22 @@ def build_algorithm(cfg: Config) -> PFedHN:
 
 def load_data(cfg: Config) -> tuple[FederatedData, SplitSummary, dict]:
     """Raw arrays -> federated split -> device arrays, plus a JSON-able description of the data."""
-    info = DATASETS[cfg.dataset]
-    raw = load_raw(cfg.dataset, cfg.data_dir, cfg.data_source, cfg.download)
-    split = make_split(raw, info, cfg.num_clients, cfg.client_classes, cfg.seed, cfg.val_size, cfg.split, cfg.alpha)
+    info = dataset_info(cfg)
+    if cfg.dataset == "omniglot":
+        omni = load_omniglot(cfg.data_dir, cfg.image_size, cfg.data_source, cfg.download)
+        raw = omni.raw
+        split = make_omniglot_split(omni, cfg.num_clients, cfg.seed, cfg.n_train, cfg.n_val)
+    else:
+        raw = load_raw(cfg.dataset, cfg.data_dir, cfg.data_source, cfg.download)
+        split = make_split(raw, info, cfg.num_clients, cfg.client_classes, cfg.seed, cfg.val_size,
+                           cfg.split, cfg.alpha)
     counts = {k: [len(ix) for ix in getattr(split, k)] for k in ("train", "val", "test")}
     desc = {"dataset": cfg.dataset, "source": raw.source, "sha256": raw.sha256,
-            "note": "CIFAR-10 (JPEG copy)" if raw.sha256 and cfg.dataset == "cifar10" and "npz" in raw.source else "",
-            "client_counts": counts, "client_classes": split.assignment.classes.tolist(),
-            "unassigned_train_fraction": 1 - sum(counts["train"]) / (len(raw.y_train) - cfg.val_size)}
+            "note": "CIFAR-10 (JPEG copy)" if raw.sha256 and cfg.dataset == "cifar10" else "",
+            "client_counts": counts}
+    if split.assignment is not None:
+        desc["client_classes"] = split.assignment.classes.tolist()
+        desc["unassigned_train_fraction"] = 1 - sum(counts["train"]) / (len(raw.y_train) - cfg.val_size)
     return to_device(raw, info, split, cfg.batch_size), split, desc
 
 

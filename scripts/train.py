@@ -17,7 +17,7 @@ from pfedhn_jax.config import Config
 from pfedhn_jax.errors import DataError, DivergenceError, UserError
 
 HELP = {
-    "dataset": "cifar10 | cifar100",
+    "dataset": "cifar10 | cifar100 | omniglot",
     "data_dir": "folder with <dataset>.npz (or a TFDS data dir); default $PFEDHN_DATA_DIR",
     "data_source": "auto | npz | tfds",
     "download": "let TFDS download and prepare the dataset",

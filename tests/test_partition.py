@@ -72,8 +72,10 @@ def test_real_cifar_split_invariants(cifar):
     for arr in (train, val, test):
         assert len(np.unique(arr)) == len(arr)
     assert not set(train) & set(val)  # validation is carved out of the training images
+    y = np.concatenate([cifar.y_train, cifar.y_test])
+    assert train.max() < 50_000 and val.max() < 50_000 and test.min() >= 50_000
     for i in range(50):  # the same class assignment in every split
-        for ix, y in ((s.train[i], cifar.y_train), (s.val[i], cifar.y_train), (s.test[i], cifar.y_test)):
+        for ix in (s.train[i], s.val[i], s.test[i]):
             assert set(y[ix]) <= set(s.assignment.classes[i])
     unassigned = 1 - len(train) / 40_000
     assert 0.06 < unassigned < 0.12  # ~9% for CIFAR-10 with 50 clients

@@ -69,12 +69,15 @@ def sample_batch(data: FederatedData, split: ClientIndex, client: jax.Array, key
 
 
 class SplitSummary(NamedTuple):
-    """Host-side record of the split, for results and tests."""
+    """Host-side record of the split, for results and tests.
 
-    assignment: partition.Assignment
-    train: list[np.ndarray]  # per-client indices into raw x_train
-    val: list[np.ndarray]    # per-client indices into raw x_train (the carved-out validation set)
-    test: list[np.ndarray]   # per-client indices into raw x_test
+    Indices are positions in the concatenation [x_train; x_test] of the raw dataset.
+    """
+
+    assignment: partition.Assignment | None
+    train: list[np.ndarray]  # per-client positions of training samples
+    val: list[np.ndarray]    # per-client positions of validation samples (carved out of x_train)
+    test: list[np.ndarray]   # per-client positions of test samples
 
 
 def make_split(raw: RawDataset, info: DatasetInfo, num_clients: int, classes_per_client: int,
@@ -94,7 +97,7 @@ def make_split(raw: RawDataset, info: DatasetInfo, num_clients: int, classes_per
         raise UserError(f"--split: unknown split '{split}'; choose 'reference' or 'dirichlet'")
     train = [train_pool[ix] for ix in partition.split_indices(raw.y_train[train_pool], assignment, info.n_classes, r_train)]
     val = [val_pool[ix] for ix in partition.split_indices(raw.y_train[val_pool], assignment, info.n_classes, r_vsplit)]
-    test = partition.split_indices(raw.y_test, assignment, info.n_classes, r_test)
+    test = [ix + len(raw.y_train) for ix in partition.split_indices(raw.y_test, assignment, info.n_classes, r_test)]
     for name, lists, flag in (("training", train, "--num-clients"), ("test", test, "--num-clients")):
         empty = [i for i, ix in enumerate(lists) if len(ix) == 0]
         if empty:
@@ -105,12 +108,9 @@ def make_split(raw: RawDataset, info: DatasetInfo, num_clients: int, classes_per
 
 def to_device(raw: RawDataset, info: DatasetInfo, split: SplitSummary, batch_size: int) -> FederatedData:
     """Put the images on the device once and the per-client index arrays beside them."""
-    n_train = len(raw.x_train)
     x = jnp.asarray(np.concatenate([raw.x_train, raw.x_test]))
     y = jnp.asarray(np.concatenate([raw.y_train, raw.y_test]).astype(np.int32))
     val = split.val if any(len(v) for v in split.val) else split.test  # val_size=0: select on test
     return FederatedData(
         x, y, jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
-        train=pad_clients(split.train, min_len=batch_size),
-        val=pad_clients(val if val is split.val else [t + n_train for t in val]),
-        test=pad_clients([t + n_train for t in split.test]))
+        train=pad_clients(split.train, min_len=batch_size), val=pad_clients(val), test=pad_clients(split.test))
