@@ -36,6 +36,18 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return "im2col" if jax.default_backend() == "cpu" else "xla"
 
 
+def compiler_options() -> dict[str, str]:
+    """XLA options for our jitted programs, chosen per backend by measurement.
+
+    On CPU, XLA's YNNPACK fusions slow the small-batch training step down (benchmarks/RESULTS.md:
+    im2col step 51 local steps/s with them off on a 2-core EPYC); they are switched off unless
+    the user set XLA_FLAGS themselves.
+    """
+    if jax.default_backend() != "cpu" or "ynn_fusion" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
 def dataset_info(cfg: Config) -> DatasetInfo:
     return omniglot_info(cfg.image_size) if cfg.dataset == "omniglot" else DATASETS[cfg.dataset]
 
@@ -112,10 +124,11 @@ class Trainer:
         self.cfg, self.data = cfg, data
         self.alg = build_algorithm(cfg)
         n = cfg.num_clients
-        self._step = jax.jit(self.alg.step)
+        opts = compiler_options()
+        self._step = jax.jit(self.alg.step, compiler_options=opts)
         self._eval = jax.jit(lambda state, data: tuple(
             evaluate.evaluate_clients(self.alg.target.apply, self.alg.personal_params(state, jnp.arange(n)),
-                                      data, split) for split in (data.val, data.test)))
+                                      data, split) for split in (data.val, data.test)), compiler_options=opts)
 
     def init(self) -> TrainState:
         return self.alg.init(jax.random.key(self.cfg.seed))
