@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Reproduce the paper's Table 1 for pFedHN and pFedHN-PC: a grid of runs, then mean ± std tables.
+
+    python scripts/reproduce.py --data-dir ../shared/data --out runs/table1
+    python scripts/reproduce.py --quick --datasets cifar10 --num-clients 10 --seeds 42
+
+Cells: {--algos} x {--datasets} x {--num-clients} x {--seeds}; by default Table 1's: CIFAR-10 and
+CIFAR-100 with N = 10, 50, 100, Omniglot with N = 50, seeds 42, 27, 13 (3 x 7 x 2 = 42 runs of the
+reference schedule, about 50 minutes each on a 2-core CPU). Each cell trains in-process into
+`<out>/<algo>-<dataset>-n<N>-s<seed>/`. Rerunning the same command skips finished cells and
+continues unfinished ones, so the grid can be stopped (Ctrl-C) and resumed at any time. Datasets
+missing from --data-dir are reported and their cells skipped. Writes `<out>/table.md`,
+`<out>/table.csv` (mean ± std over finished seeds of the test accuracy at the best validation
+step, the paper's value and the difference) and `<out>/curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pfedhn_jax import grid
+from pfedhn_jax.config import ALGOS, Config
+from pfedhn_jax.errors import UserError
+
+# Config fields passed through unchanged to every cell (flag --x-y for field x_y).
+PASSTHROUGH = {"inner_steps": int, "batch_size": int, "eval_every": int, "clients_per_step": int,
+               "val_size": int, "image_size": int, "data_source": str, "strategy": str, "conv_impl": str,
+               "compute_dtype": str, "checkpoint_every": int, "n_kernels": int, "hyper_hid": int}
+
+
+def _csv(typ):
+    def parse(text: str):
+        try:
+            return [typ(x) for x in text.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {typ.__name__}, got '{text}'")
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algos", type=_csv(str), default=list(ALGOS), help="comma-separated (default: pfedhn,pfedhn-pc)")
+    p.add_argument("--datasets", type=_csv(str), default=list(grid.DEFAULT_NUM_CLIENTS),
+                   help="comma-separated (default: cifar10,cifar100,omniglot)")
+    p.add_argument("--num-clients", type=_csv(int), default=None,
+                   help="comma-separated, for every dataset (default: Table 1's: 10,50,100 for CIFAR, 50 for Omniglot)")
+    p.add_argument("--seeds", type=_csv(int), default=list(grid.SEEDS), help="comma-separated (default: 42,27,13)")
+    p.add_argument("--data-dir", default=None, help="folder with <dataset>.npz (default: $PFEDHN_DATA_DIR)")
+    p.add_argument("--out", default=None, help="grid folder (default: runs/table1, or runs/table1-quick with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"short schedule to check the pipeline ({', '.join(f'{k}={v}' for k, v in grid.QUICK.items())}); "
+                        "the table says so")
+    p.add_argument("--num-steps", type=int, default=None, help="outer steps per cell (overrides --quick's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rerun cells whose folder holds results of a different config (otherwise left alone)")
+    p.add_argument("--table-only", action="store_true", help="train nothing: rebuild the tables from the results files")
+    p.add_argument("--list", action="store_true", help="print the cells and their state, train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    for field, typ in PASSTHROUGH.items():
+        p.add_argument("--" + field.replace("_", "-"), type=typ, default=None, help=f"Config.{field} for every cell")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    fields: dict = dict(grid.QUICK) if args.quick else {}
+    if args.num_steps is not None:
+        fields["num_steps"] = args.num_steps
+    fields.update({k: getattr(args, k) for k in PASSTHROUGH if getattr(args, k) is not None})
+    if args.data_dir is not None:
+        fields["data_dir"] = args.data_dir
+    out = Path(args.out or ("runs/table1-quick" if args.quick else "runs/table1"))
+    try:
+        bad = [a for a in args.algos if a not in ALGOS]
+        if bad:
+            raise UserError(f"--algos: unknown {', '.join(bad)}; choose from {', '.join(ALGOS)}")
+        bad = [d for d in args.datasets if d not in grid.DEFAULT_NUM_CLIENTS]
+        if bad:
+            raise UserError(f"--datasets: unknown {', '.join(bad)}; choose from {', '.join(grid.DEFAULT_NUM_CLIENTS)}")
+        cells = grid.list_cells(args.algos, args.datasets, args.num_clients, args.seeds, log=grid.eprint)
+        if not cells:
+            raise UserError("the grid is empty: check --algos, --datasets, --num-clients and --seeds")
+        for c in cells:  # every cell's config is valid before anything runs
+            grid.cell_config(c, out, **fields).validate()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.list:
+        for c in cells:
+            cfg = grid.cell_config(c, out, **fields)
+            print(f"{c.name}: {grid.cell_state(cfg)}")
+        return 0
+    outcomes = None
+    if not args.table_only:
+        grid.eprint(f"{len(cells)} cells into {out}")
+        try:
+            outcomes = grid.run_grid(cells, out, fields, overwrite=args.overwrite, progress=not args.no_progress,
+                                     log=grid.eprint)
+        except KeyboardInterrupt:
+            grid.write_report(cells, out, fields, args.quick)
+            print("stopped; rerun the same command to continue the grid", file=sys.stderr)
+            return 130
+        except Exception as e:
+            if type(e).__name__ != "Interrupted":
+                raise
+            grid.write_report(cells, out, fields, args.quick)
+            print(f"stopped: {e}; rerun the same command to continue the grid", file=sys.stderr)
+            return 130 if getattr(e, "signal", "SIGINT") == "SIGINT" else 143
+    rows = grid.write_report(cells, out, fields, args.quick, outcomes)
+    print((out / "table.md").read_text())
+    if outcomes is not None:
+        print(f"cells: {grid.summary_line(outcomes)}; tables in {out}/table.md, {out}/table.csv, {out}/curves.png")
+    done = sum(len(r.seeds) for r in rows)
+    return 0 if done == len(cells) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
