@@ -1,0 +1,155 @@
+"""Local SGD steps/s and client updates/s of the library's outer step vs clients_per_step.
+
+For each strategy (vmap, map, loop) and each clients_per_step C, builds the real library step
+(`pfedhn_jax.experiment.build_algorithm` + `jax.jit(alg.step, compiler_options=compiler_options())`),
+compiles it ahead of time (reported separately), then times one outer step = C clients x K local
+steps (median of --repeats runs after --warmup). Data: the CIFAR-10 npz, reference split (50 clients).
+
+  local steps/s    = C * K / median outer-step time
+  client updates/s = C / median outer-step time
+
+CPU default: C in 1,2,4 (a few minutes on 2 cores). GPU default: C in 1,2,4,...,256, and then
+N = 256 clients (C cannot exceed N; the reference's N is 50, which stays the default up to C = 50).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+CPU_CPS = "1,2,4"
+ACCEL_CPS = "1,2,4,8,16,32,64,128,256"
+
+
+def parse_args(argv=None):
+    p = common.base_parser("client_throughput", __doc__)
+    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+    p.add_argument("--strategies", default="vmap,map,loop", help="comma list from vmap,map,loop")
+    p.add_argument("--cps", default=None, help=f"clients_per_step list (default: {CPU_CPS} on CPU, {ACCEL_CPS} elsewhere)")
+    p.add_argument("--max-loop-cps", type=int, default=16,
+                   help="skip strategy 'loop' above this C (it unrolls C copies of the client loop: compile grows with C)")
+    p.add_argument("--inner-steps", type=int, default=50, help="K local steps per client (reference: 50)")
+    p.add_argument("--num-clients", type=int, default=None,
+                   help="N of the federated split (default: max(50, largest C); the reference uses 50)")
+    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "im2col"),
+                   help="auto: im2col on CPU, lax.conv elsewhere (pfedhn_jax.experiment.resolve_conv_impl)")
+    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the local loop")
+    p.add_argument("--plot", default=None, help="PNG path (default: the JSON path with .png)")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def measure(cfg, data, repeats: int, warmup: int) -> dict:
+    """Compile and time the library's outer step for one config."""
+    import jax
+    from pfedhn_jax.experiment import build_algorithm, compiler_options
+
+    alg = build_algorithm(cfg)
+    state = alg.init(jax.random.key(cfg.seed))
+    with common.Timer() as t:
+        step = jax.jit(alg.step, compiler_options=compiler_options()).lower(data, state).compile()
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(data, holder[0])
+        return holder[0], metrics
+
+    stats = common.median_time(run, repeats, warmup, sync=jax.block_until_ready)
+    c, k = cfg.clients_per_step, cfg.inner_steps
+    return {"compile_s": t.s, "outer_step_s": stats["median_s"],
+            "local_steps_per_s": c * k / stats["median_s"], "client_updates_per_s": c / stats["median_s"],
+            "outer_steps_per_s": 1 / stats["median_s"], "local_steps_per_cpu_s": c * k / stats["cpu_median_s"],
+            "timing": stats,
+            "conv_impl": alg.target.conv_impl}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for s in dict.fromkeys(r["strategy"] for r in rows):
+        pts = [(r["clients_per_step"], r["local_steps_per_s"]) for r in rows
+               if r["strategy"] == s and r.get("local_steps_per_s")]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=s)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({r["clients_per_step"] for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yscale("log")
+    ax.set(xlabel="clients_per_step C", ylabel="local SGD steps/s (batch 64)", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import jax
+    from pfedhn_jax.config import Config
+    from pfedhn_jax.experiment import load_data
+
+    env = common.environment(jax_info=True)
+    common.print_env(env)
+    strategies = common.parse_strs(args.strategies)
+    cps_list = common.parse_ints(args.cps or (CPU_CPS if jax.default_backend() == "cpu" else ACCEL_CPS))
+    if args.num_clients is None:
+        args.num_clients = max(50, *cps_list)
+    base = Config(data_dir=args.data_dir, num_clients=args.num_clients, inner_steps=args.inner_steps,
+                  conv_impl=args.conv_impl, compute_dtype=args.compute_dtype, unroll=args.unroll)
+    with common.Timer() as t_data:
+        data, _, desc = load_data(base.validate())
+    record = {"benchmark": "client_throughput", "command": common.cmdline(), "environment": env,
+              "note": args.note, "data": {"source": desc["source"], "note": desc["note"], "load_s": t_data.s},
+              "settings": {"inner_steps": args.inner_steps, "batch_size": base.batch_size,
+                           "num_clients": args.num_clients, "conv_impl": args.conv_impl,
+                           "compute_dtype": args.compute_dtype, "unroll": args.unroll,
+                           "repeats": args.repeats, "warmup": args.warmup},
+              "rows": []}
+    rows = record["rows"]
+    for s in strategies:
+        for c in cps_list:
+            row = {"strategy": s, "clients_per_step": c}
+            if c > args.num_clients:
+                row["skipped"] = f"C > num_clients {args.num_clients}"
+            elif s == "loop" and c > args.max_loop_cps:
+                row["skipped"] = f"loop above --max-loop-cps {args.max_loop_cps}"
+            else:
+                cfg = Config(**{**base.to_dict(), "clients_per_step": c, "strategy": s}).validate()
+                try:
+                    row.update(measure(cfg, data, args.repeats, args.warmup))
+                except Exception as e:  # noqa: BLE001 - e.g. out of memory at large C: record, go on
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            rows.append(row)
+            print(common.table([row], COLUMNS) if len(rows) == 1 else common.table([row], COLUMNS).splitlines()[-1],
+                  flush=True)
+            common.write_json(args.out, record)  # partial results survive a timeout
+    print()
+    print(common.table(rows, COLUMNS, title=f"client_throughput ({env['backend']}, {env['device_kind']}, "
+                                              f"K={args.inner_steps}, conv={rows[0].get('conv_impl', args.conv_impl)}; "
+                                              f"median of {args.repeats})"))
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            print(f"  {r['strategy']} C={r['clients_per_step']}: {r.get('error') or r.get('skipped')}")
+    if not args.no_plot:
+        png = Path(args.plot or Path(args.out).with_suffix(".png"))
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, png, f"pFedHN outer step, {env['device_kind']} ({env['backend']}), K={args.inner_steps}")
+        record["plot"] = str(png)
+        print(f"wrote {png}")
+    common.finish(args.out, record)
+    return record
+
+
+COLUMNS = ("strategy", "clients_per_step", "conv_impl", "compile_s", "outer_step_s", "local_steps_per_s",
+           "client_updates_per_s", "local_steps_per_cpu_s")
+
+if __name__ == "__main__":
+    main()
