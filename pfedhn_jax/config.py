@@ -60,6 +60,9 @@ class Config:
     seed: int = 42
     out: str | None = None
     overwrite: bool = False
+    resume: bool = False               # insist on continuing the checkpoint in --out (automatic anyway)
+    checkpoint_every: int = 500        # outer steps between checkpoints (0: only at the end / on a signal)
+    keep_checkpoints: int = 3
     # speed only (same numbers up to float rounding, except compute_dtype)
     strategy: str = "auto"
     conv_impl: str = "auto"
@@ -101,7 +104,7 @@ class Config:
                         ("eval-every", self.eval_every), ("hyper-hid", self.hyper_hid),
                         ("image-size", self.image_size), ("n-train", self.n_train),
                         ("n-kernels", self.n_kernels), ("clients-per-step", self.clients_per_step),
-                        ("unroll", self.unroll)):
+                        ("unroll", self.unroll), ("keep-checkpoints", self.keep_checkpoints)):
             if v < 1:
                 raise UserError(f"--{flag}: must be a positive integer, got {v}")
         for flag, v in (("lr", self.hyper_lr), ("inner-lr", self.inner_lr), ("embed-lr", self.embed_lr),
@@ -109,7 +112,7 @@ class Config:
             if v is not None and not v > 0:
                 raise UserError(f"--{flag}: must be positive, got {v}")
         for flag, v in (("wd", self.wd), ("inner-wd", self.inner_wd), ("n-hidden", self.n_hidden),
-                        ("val-size", self.val_size)):
+                        ("val-size", self.val_size), ("checkpoint-every", self.checkpoint_every)):
             if v < 0:
                 raise UserError(f"--{flag}: must be >= 0, got {v}")
         if self.embed_dim != -1 and self.embed_dim < 1:

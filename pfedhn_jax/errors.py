@@ -11,3 +11,11 @@ class DataError(UserError):
 
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss or update."""
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGINT / SIGTERM after saving a checkpoint; `signal` is the signal's name."""
+
+    def __init__(self, signal: str, message: str):
+        super().__init__(message)
+        self.signal = signal

@@ -6,11 +6,16 @@ and nothing per local step crosses between host and device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
+import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,11 @@ import numpy as np
 
 from pfedhn_jax import evaluate
 from pfedhn_jax.algorithm import PFedHN, StepMetrics, TrainState
+from pfedhn_jax.checkpoint import Checkpointer, config_diff
 from pfedhn_jax.config import Config
 from pfedhn_jax.data import DATASETS, DatasetInfo, FederatedData, SplitSummary, load_raw, make_split, to_device
 from pfedhn_jax.data.omniglot import load_omniglot, make_omniglot_split, omniglot_info
-from pfedhn_jax.errors import DivergenceError, UserError
+from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 from pfedhn_jax.hypernet import HyperNetwork
 from pfedhn_jax.targets import ConvNet, cifar_cnn, omniglot_cnn
 
@@ -91,14 +97,39 @@ def load_data(cfg: Config) -> tuple[FederatedData, SplitSummary, dict]:
     return to_device(raw, info, split, cfg.batch_size), split, desc
 
 
-def check_output_dir(out: str | None, overwrite: bool) -> Path | None:
-    """Refuse an output folder that already holds files, unless --overwrite."""
-    if out is None:
+RUN_FILES = ("results.json", "curves.png", "checkpoints")  # what a run writes into --out
+# Config keys that may differ between a checkpoint and the resuming run: they change neither the
+# numbers nor the schedule (speed, paths, how the run was started).
+RESUME_IGNORES = ("data_dir", "out", "overwrite", "resume", "strategy", "conv_impl", "unroll",
+                  "checkpoint_every", "keep_checkpoints")
+
+
+def check_output_dir(cfg: Config) -> Path | None:
+    """Decide what to do with --out before anything expensive: start, resume, or refuse.
+
+    A folder holding a checkpoint resumes (if its config matches); any other non-empty folder is
+    refused unless --overwrite, which deletes only what a run writes (RUN_FILES).
+    """
+    if cfg.out is None:
+        if cfg.resume:
+            raise UserError("--resume: needs --out, the folder of the run to continue")
         return None
-    p = Path(out)
+    p = Path(cfg.out)
     if p.exists() and not p.is_dir():
         raise UserError(f"--out: {p} exists and is not a folder; choose another path")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
+    has_ckpt = (p / "checkpoints").is_dir() and Checkpointer(p / "checkpoints").latest_step() is not None
+    if cfg.overwrite:
+        if cfg.resume:
+            raise UserError("--resume and --overwrite contradict each other; pass one of them")
+        for name in RUN_FILES:
+            f = p / name
+            shutil.rmtree(f) if f.is_dir() else f.unlink(missing_ok=True)
+        return p
+    if has_ckpt:
+        return p
+    if cfg.resume:
+        raise UserError(f"--resume: {p} holds no checkpoint to resume; drop --resume to start a new run")
+    if p.is_dir() and any(p.iterdir()):
         raise UserError(f"--out: {p} already holds results; choose a new folder, or pass --overwrite")
     return p
 
@@ -131,7 +162,8 @@ class Trainer:
                                       data, split) for split in (data.val, data.test)), compiler_options=opts)
 
     def init(self) -> TrainState:
-        return self.alg.init(jax.random.key(self.cfg.seed))
+        """The initial state, built by one jitted program (eagerly, each op would compile on its own)."""
+        return jax.jit(self.alg.init)(jax.random.key(self.cfg.seed))
 
     def compile(self, state: TrainState) -> float:
         """Compile the step and the evaluation ahead of time; returns seconds spent."""
@@ -150,6 +182,8 @@ class Trainer:
 
 def _check_finite(metrics: list[StepMetrics], first_step: int) -> np.ndarray:
     """Host check of the buffered step metrics; returns their losses, raises on divergence."""
+    if not metrics:
+        return np.zeros((0, 0), np.float32)
     loss = np.stack([np.asarray(m.loss) for m in metrics])
     norm = np.stack([np.asarray(m.delta_norm) for m in metrics])
     bad = ~(np.isfinite(loss) & np.isfinite(norm))
@@ -166,67 +200,206 @@ def is_eval_step(step: int, cfg: Config) -> bool:
     return (step - 1) % cfg.eval_every == 0 or step == cfg.num_steps
 
 
-def train(cfg: Config, progress: bool = True) -> dict:
-    """Run a whole training job; returns the results dict (also written to `<out>/results.json`)."""
+class _Run:
+    """Host-side state of one training run: results, best-validation tracker, buffered step metrics,
+    timers; saved with every checkpoint so a resumed run continues exactly where it stopped."""
+
+    def __init__(self, cfg: Config, results: dict, pending: list[StepMetrics] | None = None,
+                 train_s: float = 0.0, eval_s: float = 0.0, wall_s: float = 0.0):
+        self.cfg, self.results, self.pending = cfg, results, pending or []
+        best = results.get("best")
+        self.tracker = evaluate.BestTracker(**best) if best else evaluate.BestTracker()
+        self.train_s, self.eval_s = train_s, eval_s
+        self.t_start = time.perf_counter() - wall_s
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def host(self) -> dict:
+        """The JSON record saved beside the arrays."""
+        m = self.pending
+        return {"config": self.cfg.to_dict(), "results": self.results, "train_s": self.train_s,
+                "eval_s": self.eval_s, "wall_s": self.wall_s(),
+                "pending": {f: [np.asarray(getattr(x, f)).tolist() for x in m] for f in StepMetrics._fields}}
+
+    @classmethod
+    def from_host(cls, cfg: Config, host: dict) -> "_Run":
+        p = host["pending"]
+        pending = [StepMetrics(np.asarray(i, np.int32), np.asarray(l, np.float32), np.asarray(d, np.float32))
+                   for i, l, d in zip(p["client_ids"], p["loss"], p["delta_norm"])]
+        return cls(cfg, host["results"], pending, host["train_s"], host["eval_s"], host["wall_s"])
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Turn SIGINT / SIGTERM into a request to stop after the current step (main thread only).
+
+    Yields a dict whose 'signal' is set to the signal's name once one arrives; a second SIGINT
+    interrupts at once (KeyboardInterrupt).
+    """
+    request: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+        print(f"\n{request['signal']} received: finishing the current step and saving a checkpoint "
+              "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _open_checkpoints(cfg: Config, out: Path | None, template: TrainState) -> tuple[Checkpointer | None, TrainState, _Run | None]:
+    """The run's checkpointer, and the restored (state, host record) if --out holds a checkpoint."""
+    if out is None:
+        return None, template, None
+    ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
+    if ckpt.latest_step() is None:
+        return ckpt, template, None
+    saved = ckpt.host_config()["config"]
+    diff = config_diff(saved, cfg.to_dict(), ignore=RESUME_IGNORES)
+    if diff:
+        keys = ", ".join(f"--{k.replace('_', '-')} (checkpoint: {a}, now: {b})" for k, (a, b) in diff.items())
+        raise UserError(f"--out: {out} holds a checkpoint of a different config: {keys}; rerun with the "
+                        "checkpoint's values to resume, choose a new --out, or pass --overwrite to start over")
+    state, host = ckpt.restore(template)
+    return ckpt, state, _Run.from_host(cfg, host)
+
+
+def _all_finite(tree) -> bool:
+    return bool(jax.jit(lambda t: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(t)])))(tree))
+
+
+def train(cfg: Config, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Run (or resume) a whole training job; returns the results dict, also written to
+    `<out>/results.json`, with the final TrainState under "state".
+
+    With --out, checkpoints go to `<out>/checkpoints` every `checkpoint_every` steps, at the end
+    and on SIGINT / SIGTERM (then `Interrupted` is raised); a folder holding a checkpoint of the
+    same config is resumed, and the resumed run's numbers equal an uninterrupted run's bit for bit.
+    A non-finite loss or update raises DivergenceError and never reaches a checkpoint.
+    `stop_at`: checkpoint and return after that outer step (status "paused"), to run a long
+    schedule in chunks (e.g. under a job-time limit); rerunning continues it.
+    """
     cfg.validate()
-    out = check_output_dir(cfg.out, cfg.overwrite)
-    t_start = time.perf_counter()
+    out = check_output_dir(cfg)
+    t0 = time.perf_counter()
     data, _, data_desc = load_data(cfg)
     trainer = Trainer(cfg, data)
-    state = trainer.init()
+    ckpt, state, run = _open_checkpoints(cfg, out, trainer.init())
+    if run is not None and int(state.step) >= cfg.num_steps:
+        ckpt.close()  # a finished run: nothing to do, nothing rewritten
+        return {**run.results, "state": state}
     compile_s = trainer.compile(state)
+    if run is None:
+        results = {"config": cfg.to_dict(), "data": data_desc, "environment": environment(),
+                   "algorithm": {"hyper_lr": cfg.hyper_lr, "embed_dim": trainer.alg.hnet.embedding_dim,
+                                 "conv_impl": trainer.alg.target.conv_impl},
+                   "compile_s": compile_s, "status": "running", "curves": [], "best": None}
+        run = _Run(cfg, results, wall_s=time.perf_counter() - t0)
+    else:
+        if run.results["data"].get("sha256") != data_desc.get("sha256"):
+            raise DataError(f"{data_desc['source']}: checksum {data_desc['sha256']} differs from the one the "
+                            f"checkpoint was trained on ({run.results['data'].get('sha256')}); restore that "
+                            "file, or start a new run in a new --out")
+        run.results.setdefault("resumed", []).append({"at_step": int(state.step), "compile_s": compile_s})
+    results = run.results
+    step = int(state.step)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
-    results = {"config": cfg.to_dict(), "data": data_desc, "environment": environment(),
-               "algorithm": {"hyper_lr": cfg.hyper_lr, "embed_dim": trainer.alg.hnet.embedding_dim,
-                             "conv_impl": trainer.alg.target.conv_impl},
-               "compile_s": compile_s, "curves": [], "best": None}
-    tracker = evaluate.BestTracker()
-    pending: list[StepMetrics] = []
-    train_s = eval_s = 0.0
-    bar = _progress_bar(cfg.num_steps, progress)
-    step = 0
-    t_seg = time.perf_counter()
-    while step < cfg.num_steps:
-        state, metrics = trainer.step(state)
-        pending.append(metrics)
-        step += 1
-        bar.update(1)
-        if not is_eval_step(step, cfg):
-            continue
-        losses = _check_finite(pending, step - len(pending))
-        jax.block_until_ready(state)
-        train_s += time.perf_counter() - t_seg
-        t_eval = time.perf_counter()
-        val, test = trainer.evaluate(state)
-        eval_s += time.perf_counter() - t_eval
-        t_seg = time.perf_counter()
-        improved = tracker.update(step, val, test)
-        results["curves"].append({"step": step, "train_loss": float(losses.mean()),
-                                  "val_acc": val["acc"], "val_loss": val["loss"],
-                                  "test_acc": test["acc"], "test_loss": test["loss"],
-                                  "wall_s": time.perf_counter() - t_start})
-        pending = []
-        bar.set_postfix(val=f"{val['acc']:.4f}", test=f"{test['acc']:.4f}", best=f"{tracker.test_acc:.4f}")
-        results["best"] = dataclasses.asdict(tracker)
-        results["final"] = {"step": step, "val": val, "test": test}
-        results["timing"] = {"train_s": train_s, "eval_s": eval_s, "steps": step,
-                             "outer_steps_per_s": step / train_s if train_s else math.nan,
-                             "local_steps_per_s": step * cfg.clients_per_step * cfg.inner_steps / train_s if train_s else math.nan,
-                             "wall_s": time.perf_counter() - t_start}
+    def save(status: str) -> None:
+        results["status"] = status
         if out is not None:
             write_json(out / "results.json", results)
-    bar.close()
+
+    def checkpoint() -> None:
+        if ckpt is None or ckpt.latest_step() == step:
+            return
+        _check_finite(run.pending, step - len(run.pending))
+        if not _all_finite(state.server.params):
+            raise DivergenceError(f"training diverged by outer step {step}: non-finite hypernetwork "
+                                  "parameters; lower --lr")
+        ckpt.save(step, state, run.host())
+
+    bar = _progress_bar(cfg.num_steps, progress, initial=step)
+    try:
+        with _stop_requests() as stop:
+            t_seg = time.perf_counter()
+            last = cfg.num_steps if stop_at is None else min(stop_at, cfg.num_steps)
+            while step < last and stop["signal"] is None:
+                state, metrics = trainer.step(state)
+                run.pending.append(metrics)
+                step += 1
+                bar.update(1)
+                if is_eval_step(step, cfg):
+                    losses = _check_finite(run.pending, step - len(run.pending))
+                    jax.block_until_ready(state)
+                    run.train_s += time.perf_counter() - t_seg
+                    _evaluate(trainer, state, step, losses, run, bar)
+                    run.pending = []
+                    save("running")
+                    t_seg = time.perf_counter()
+                if step == last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    jax.block_until_ready(state)
+                    run.train_s += time.perf_counter() - t_seg
+                    checkpoint()
+                    t_seg = time.perf_counter()
+            if stop["signal"] is not None and step < cfg.num_steps:
+                checkpoint()
+                save("interrupted")
+                where = (f"checkpoint of step {step} saved in {ckpt.directory}; rerun the same command "
+                         f"(or add --resume) to continue" if ckpt else "nothing saved: pass --out to make runs resumable")
+                raise Interrupted(stop["signal"], f"interrupted by {stop['signal']} after outer step {step}; {where}")
+    except DivergenceError as e:
+        results["error"] = str(e)
+        save("diverged")
+        raise
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+    if step < cfg.num_steps:
+        save("paused")
+        return {**results, "state": state}
+    save("finished")
     if out is not None:
         plot_curves(results, out / "curves.png")
-    results["state"] = state
-    return results
+    return {**results, "state": state}
 
 
-def _progress_bar(total: int, enabled: bool):
+def _evaluate(trainer: Trainer, state: TrainState, step: int, losses: np.ndarray, run: _Run, bar) -> None:
+    """Evaluate every client on val and test; append the curve point, update best and timing."""
+    t_eval = time.perf_counter()
+    val, test = trainer.evaluate(state)
+    run.eval_s += time.perf_counter() - t_eval
+    run.tracker.update(step, val, test)
+    res, cfg = run.results, run.cfg
+    res["curves"].append({"step": step, "train_loss": float(losses.mean()), "val_acc": val["acc"],
+                          "val_loss": val["loss"], "test_acc": test["acc"], "test_loss": test["loss"],
+                          "wall_s": run.wall_s()})
+    bar.set_postfix(val=f"{val['acc']:.4f}", test=f"{test['acc']:.4f}", best=f"{run.tracker.test_acc:.4f}")
+    res["best"] = dataclasses.asdict(run.tracker)
+    res["final"] = {"step": step, "val": val, "test": test}
+    local = step * cfg.clients_per_step * cfg.inner_steps
+    res["timing"] = {"train_s": run.train_s, "eval_s": run.eval_s, "steps": step,
+                     "outer_steps_per_s": step / run.train_s if run.train_s else math.nan,
+                     "local_steps_per_s": local / run.train_s if run.train_s else math.nan,
+                     "wall_s": run.wall_s()}
+
+
+def _progress_bar(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
-    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                mininterval=1.0)
 
 
 def plot_curves(results: dict, path: Path) -> None:
