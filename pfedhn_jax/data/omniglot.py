@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pfedhn_jax.data.federated import SplitSummary
-from pfedhn_jax.data.sources import DATA_DIR_ENV, DatasetInfo, RawDataset, resolve_data_dir, sha256_file
+from pfedhn_jax.data.sources import DatasetInfo, RawDataset, not_found, resolve_data_dir, sha256_file
 from pfedhn_jax.errors import DataError, UserError
 
 N_ALPHABETS = 50
@@ -206,10 +206,7 @@ def load_omniglot(data_dir: str | os.PathLike | None = None, image_size: int = D
         return load_omniglot_npz(npz, image_size)
     if source == "tfds" or (source == "auto" and download):
         return load_omniglot_tfds(d, image_size, download)
-    where = f"{npz} does not exist" if npz is not None else f"no --data-dir given and ${DATA_DIR_ENV} is unset"
-    raise DataError(f"--data-dir: dataset 'omniglot' not found ({where}); put omniglot.npz in --data-dir "
-                    f"(or set ${DATA_DIR_ENV}), or read it with TensorFlow Datasets: --data-source tfds "
-                    "[--download] (needs `pip install -e .[tfds]`)")
+    raise not_found("omniglot", npz)
 
 
 def make_omniglot_split(data: OmniglotRaw, num_clients: int = N_ALPHABETS, seed: int = 0,

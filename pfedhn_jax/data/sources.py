@@ -132,7 +132,12 @@ def load_raw(name: str, data_dir: str | os.PathLike | None = None, source: str =
         return load_npz(npz, info)
     if source == "tfds" or (source == "auto" and download):
         return load_tfds(info, d, download)
+    raise not_found(name, npz)
+
+
+def not_found(name: str, npz: Path | None) -> DataError:
+    """The one message for a dataset that no source provides, listing the ways to provide it."""
     where = f"{npz} does not exist" if npz is not None else f"no --data-dir given and ${DATA_DIR_ENV} is unset"
-    raise DataError(f"--data-dir: dataset '{name}' not found ({where}); put {name}.npz in --data-dir "
-                    f"(or set ${DATA_DIR_ENV}), or read it with TensorFlow Datasets: --data-source tfds "
-                    "[--download] (needs `pip install -e .[tfds]`)")
+    return DataError(f"--data-dir: dataset '{name}' not found ({where}); put {name}.npz in --data-dir "
+                     f"(or set ${DATA_DIR_ENV}), or read it with TensorFlow Datasets: --data-source tfds "
+                     "[--download] (needs `pip install -e .[tfds]`)")
