@@ -1,7 +1,7 @@
 """Local SGD steps/s and client updates/s of the library's outer step vs clients_per_step.
 
 For each strategy (vmap, map, loop) and each clients_per_step C, builds the real library step
-(`pfedhn_jax.experiment.build_algorithm` + `jax.jit(alg.step, compiler_options=compiler_options())`),
+(`pfedhn_jax.builders.build_algorithm` + `jax.jit(alg.step, compiler_options=compiler_options())`),
 compiles it ahead of time (reported separately), then times one outer step = C clients x K local
 steps (median of --repeats runs after --warmup). Data: the CIFAR-10 npz, reference split (50 clients).
 
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--num-clients", type=int, default=None,
                    help="N of the federated split (default: max(50, largest C); the reference uses 50)")
     p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "im2col"),
-                   help="auto: im2col on CPU, lax.conv elsewhere (pfedhn_jax.experiment.resolve_conv_impl)")
+                   help="auto: im2col on CPU, lax.conv elsewhere (pfedhn_jax.builders.resolve_conv_impl)")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the local loop")
     p.add_argument("--plot", default=None, help="PNG path (default: the JSON path with .png)")
@@ -47,7 +47,7 @@ def parse_args(argv=None):
 def measure(cfg, data, repeats: int, warmup: int) -> dict:
     """Compile and time the library's outer step for one config."""
     import jax
-    from pfedhn_jax.experiment import build_algorithm, compiler_options
+    from pfedhn_jax.builders import build_algorithm, compiler_options
 
     alg = build_algorithm(cfg)
     state = alg.init(jax.random.key(cfg.seed))
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
     from pfedhn_jax.config import Config
-    from pfedhn_jax.experiment import load_data
+    from pfedhn_jax.builders import load_data
 
     env = common.environment(jax_info=True)
     common.print_env(env)
@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
     with common.Timer() as t_data:
         data, _, desc = load_data(base.validate())
     record = {"benchmark": "client_throughput", "command": common.cmdline(), "environment": env,
-              "note": args.note, "data": {"source": desc["source"], "note": desc["note"], "load_s": t_data.s},
+              "note": args.note, "data": {"source": desc["source"], "label": desc["label"], "load_s": t_data.s},
               "settings": {"inner_steps": args.inner_steps, "batch_size": base.batch_size,
                            "num_clients": args.num_clients, "conv_impl": args.conv_impl,
                            "compute_dtype": args.compute_dtype, "unroll": args.unroll,

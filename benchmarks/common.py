@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -181,20 +180,12 @@ def print_env(env: dict[str, Any]) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic JSON write (creates the folder); returns the path."""
+    """Atomic JSON write through the library's one writer (creates the folder); returns the path."""
+    from pfedhn_jax.results import write_json as _write
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, p)
+    _write(p, obj)
     return p
-
-
-def _json_default(o: Any) -> Any:
-    try:
-        return float(o)
-    except Exception:  # noqa: BLE001
-        return str(o)
 
 
 def parse_ints(s: str) -> list[int]:

@@ -1,7 +1,7 @@
 """Wall time of the paper's CIFAR-10 / 50-client schedule (5000 outer steps, eval every 30), or of a
 fraction of it scaled up linearly to the full schedule.
 
-Runs `pfedhn_jax.experiment.train(cfg, progress=False)` (data loading, compilation, training and
+Runs `pfedhn_jax.loop.train(cfg, progress=False)` (data loading, compilation, training and
 evaluation of all clients on val + test, as a user's run) with num_steps = fraction * 5000.
 The full-schedule estimate is
 
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 
 
 def one_run(cfg, full_cfg) -> dict:
-    from pfedhn_jax.experiment import is_eval_step, train
+    from pfedhn_jax.loop import is_eval_step, train
 
     with common.Timer() as t:
         res = train(cfg, progress=False)

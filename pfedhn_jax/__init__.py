@@ -1,31 +1,53 @@
 """pfedhn-jax: Personalized Federated Learning using Hypernetworks (pFedHN), in JAX.
 
-A small functional core over pytrees:
-  targets     target networks: `init(key) -> params`, `apply(params, x) -> logits`
+A small functional core over pytrees, in layers that import one way
+(config -> builders -> data / algorithm -> loop -> results):
+  config      Config, its validation, the one definition of "the same run"   (no JAX)
+  targets     target networks: `init(key) -> params`, `apply(params, x) -> logits`; Flax adapters
   hypernet    HyperNetwork: `init(key)`, `apply(params, client_ids) -> theta`
   client      `local_update` (K clipped-SGD steps) and client execution strategies
   server      the hypernetwork optimizer and `server_update` (VJP of θ − θ̃)
   algorithm   PFedHN (and -PC): `init`, `step`, `personal_params`
-  data        sources, the reference split, the device-resident federated dataset
+  data        sources, splits, the dataset registry, the device-resident federated dataset
   evaluate    all-client evaluation and best-validation bookkeeping
-  experiment  the outer loop: Config in, results out
+  builders    Config -> target, algorithm, data
+  loop        the outer loop: Config in, results out (signals, cadence, checkpoints)
+  results     output folders, results JSON, plots                            (no JAX)
+  checkpoint  orbax checkpoints
+  paper, grid, report   the paper's numbers, the Table 1 grid, its tables     (no JAX)
   interop     the reference PyTorch checkpoint layout, numpy in and out
+
+Attributes are imported lazily (PEP 562): `import pfedhn_jax.config` does not import JAX.
 """
 
-from pfedhn_jax.algorithm import ClientState, PFedHN, StepMetrics, TrainState
-from pfedhn_jax.client import local_update, masked_cross_entropy, run_clients, sgd
-from pfedhn_jax.config import Config
-from pfedhn_jax.errors import DataError, DivergenceError, UserError
-from pfedhn_jax.evaluate import BestTracker, ClientMetrics, evaluate_clients, summarize
-from pfedhn_jax.hypernet import HyperNetwork, default_embed_dim
-from pfedhn_jax.server import ServerState, hyper_optimizer, hypernet_grads, init_server, server_update
-from pfedhn_jax.targets import ConvNet, cifar_cnn, omniglot_cnn
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClientState", "PFedHN", "StepMetrics", "TrainState", "local_update", "masked_cross_entropy", "run_clients",
-    "sgd", "Config", "DataError", "DivergenceError", "UserError", "BestTracker", "ClientMetrics",
-    "evaluate_clients", "summarize", "HyperNetwork", "default_embed_dim", "ServerState", "hyper_optimizer",
-    "hypernet_grads", "init_server", "server_update", "ConvNet", "cifar_cnn", "omniglot_cnn",
-]
+_EXPORTS = {
+    "ClientState": "algorithm", "PFedHN": "algorithm", "StepMetrics": "algorithm", "TrainState": "algorithm",
+    "local_update": "client", "masked_cross_entropy": "client", "run_clients": "client", "sgd": "client",
+    "Config": "config",
+    "DataError": "errors", "DivergenceError": "errors", "UserError": "errors",
+    "BestTracker": "evaluate", "ClientMetrics": "evaluate", "evaluate_clients": "evaluate", "summarize": "evaluate",
+    "HyperNetwork": "hypernet", "default_embed_dim": "hypernet",
+    "ServerState": "server", "hyper_optimizer": "server", "hypernet_grads": "server", "init_server": "server",
+    "server_update": "server",
+    "ConvNet": "targets", "cifar_cnn": "targets", "omniglot_cnn": "targets", "from_linen": "targets",
+    "from_nnx": "targets",
+    "train": "loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"pfedhn_jax.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pfedhn_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,8 +1,8 @@
 """pFedHN and pFedHN-PC as one algorithm record: `init`, `step`, `personal_params`.
 
-The two variants differ only in which target layers are private (kept on the client, never
-generated): none for pFedHN, the classifier head for pFedHN-PC. One outer step:
-  ids ~ clients (C of N, without replacement)     C = clients_per_step (reference: 1)
+The two variants differ only in which target params are private (kept on the client, never
+generated; `hnet.private`): none for pFedHN, the classifier head for pFedHN-PC. One outer step:
+  ids ~ clients (C of N, without replacement)     C = clients_per_step (reference: 1), or given
   θ_i = h(v_i; φ)                                  hypernetwork, on the server
   θ̃_i, private_i = local_update(θ_i, private_i)   K SGD steps on the client's own data
   φ ← opt(φ, VJP of h at (θ − θ̃))                 server
@@ -19,14 +19,16 @@ import optax
 
 from pfedhn_jax import client, server
 from pfedhn_jax.data.federated import FederatedData, sample_batch
-from pfedhn_jax.hypernet import HyperNetwork
+from pfedhn_jax.hypernet import HyperNetwork, merge_params, split_params
 from pfedhn_jax.targets import Params
+
+_THETA = "__generated__"  # wraps θ inside `client.local_update`'s top-level merge (see `_local_apply`)
 
 
 class ClientState(NamedTuple):
     """Per-client state that persists across rounds; every leaf has a leading client axis N."""
 
-    private: Params      # private layers ({} for pFedHN)
+    private: Params      # private part of the target params (`split_params`; {} for pFedHN)
     opt_state: Any       # their optimizer state
 
 
@@ -45,7 +47,7 @@ class StepMetrics(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class PFedHN:
-    """Hyperparameters and the pure functions of pFedHN (and -PC, via `hnet.exclude`).
+    """Hyperparameters and the pure functions of pFedHN (and -PC, via `hnet.private`).
 
     Defaults are the reference's (REFERENCE.md §3). `clients_per_step > 1` averages the clients'
     VJPs, a deviation the paper never used. `strategy` and `unroll` change speed, not numbers.
@@ -72,10 +74,6 @@ class PFedHN:
     def target(self):
         return self.hnet.target
 
-    @property
-    def private_layers(self) -> tuple[str, ...]:
-        return self.hnet.exclude
-
     def server_optimizer(self) -> optax.GradientTransformation:
         return server.hyper_optimizer(self.optim, self.lr, self.embed_lr, self.wd, self.momentum, self.clip)
 
@@ -90,28 +88,50 @@ class PFedHN:
         k_hnet, k_priv, k_run = jax.random.split(key, 3)
         srv = server.init_server(self.hnet, self.server_optimizer(), k_hnet)
         keys = jax.random.split(k_priv, self.hnet.num_clients)
-        private = jax.vmap(lambda k: {n: p for n, p in self.target.init(k).items()
-                                      if n in self.private_layers})(keys)
+        private = jax.vmap(lambda k: split_params(self.target.init(k), self.hnet.private)[1])(keys)
         opt_state = jax.vmap(self.private_optimizer().init, axis_size=self.hnet.num_clients)(private)
         return TrainState(jnp.zeros((), jnp.int32), srv, ClientState(private, opt_state), k_run)
 
     def personal_params(self, state: TrainState, client_ids: jax.Array) -> Params:
-        """Each client's full target weights: generated θ plus its private layers. Leaves (C, ...)."""
+        """Each client's full target params: generated θ merged with its private part. Leaves (C, ...)."""
         theta = self.hnet.apply(state.server.params, client_ids)
-        return {**theta, **jax.tree.map(lambda a: a[client_ids], state.clients.private)}
+        return merge_params(theta, jax.tree.map(lambda a: a[client_ids], state.clients.private))
 
-    def step(self, data: FederatedData, state: TrainState) -> tuple[TrainState, StepMetrics]:
-        """One outer step (pure; jit it with `data` as an argument)."""
+    def _local_apply(self, params: Params, x: jax.Array) -> jax.Array:
+        """`target.apply` on {_THETA: θ, **private}, the top-level merge `client.local_update` makes.
+
+        θ travels wrapped so that nested params merge with `merge_params` at any depth; the
+        wrapper changes neither leaves nor their order, so the numbers are those of {**θ, **private}.
+        """
+        params = dict(params)
+        return self.target.apply(merge_params(params.pop(_THETA), params), x)
+
+    def step(self, data: FederatedData, state: TrainState,
+             client_ids: jax.Array | None = None) -> tuple[TrainState, StepMetrics]:
+        """One outer step (pure; jit it with `data` as an argument).
+
+        client_ids: optional (clients_per_step,) int32, the clients to train instead of sampling
+        them (to replay a reference run's client order). The PRNG key is split exactly as without
+        it, so the batches and the next key do not depend on whether ids were given.
+        """
+        if _THETA in state.clients.private:
+            raise ValueError(f"the private params may not have a top-level key {_THETA!r}")
         key, k_ids, k_local = jax.random.split(state.key, 3)
-        ids = jax.random.choice(k_ids, self.hnet.num_clients, (self.clients_per_step,), replace=False)
+        if client_ids is None:
+            ids = jax.random.choice(k_ids, self.hnet.num_clients, (self.clients_per_step,), replace=False)
+        else:
+            ids = jnp.asarray(client_ids, jnp.int32)
+            if ids.shape != (self.clients_per_step,):
+                raise ValueError(f"client_ids must have shape ({self.clients_per_step},), got {ids.shape}")
         theta = self.hnet.apply(state.server.params, ids)
         gathered = jax.tree.map(lambda a: a[ids], state.clients)
         theta_opt, private_opt = self.theta_optimizer(), self.private_optimizer()
 
         def one_client(cid, th, pr, pr_state, k):
             batch_fn = lambda kb: sample_batch(data, data.train, cid, kb, self.batch_size)
-            return client.local_update(self.target.apply, th, pr, pr_state, batch_fn, k, self.inner_steps,
-                                       theta_opt, private_opt, self.unroll)
+            res = client.local_update(self._local_apply, {_THETA: th}, pr, pr_state, batch_fn, k,
+                                      self.inner_steps, theta_opt, private_opt, self.unroll)
+            return res._replace(theta=res.theta[_THETA])
 
         res = client.run_clients(
             one_client, (ids, theta, gathered.private, gathered.opt_state,

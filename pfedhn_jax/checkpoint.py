@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -173,23 +172,3 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal in JSON form: a tuple equals the list it was saved as, 1 == 1.0, NaN == NaN."""
-    a, b = to_json(a), to_json(b)
-    return a == b or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def config_diff(saved: dict, current: dict, ignore: Collection[str] = ()) -> dict[str, tuple[Any, Any]]:
-    """{key: (saved, current)} for every top-level key whose value differs (or exists on one side
-    only, shown as None on the other), skipping `ignore` (settings that do not change the numbers)."""
-    missing = object()
-    out = {}
-    for k in sorted(set(saved) | set(current)):
-        if k in ignore:
-            continue
-        a, b = saved.get(k, missing), current.get(k, missing)
-        if a is missing or b is missing or not _same(a, b):
-            out[k] = (None if a is missing else a, None if b is missing else b)
-    return out

@@ -1,39 +1,49 @@
-"""One config dataclass for a training run, and the validation of every user-set value.
+"""One config dataclass for a training run, the validation of every user-set value, and the one
+definition of "the same run".
 
-`validate()` runs before any data is loaded or anything is compiled; a bad value raises
-`UserError` with one line naming the flag and the fix.
+Plain data: this module imports nothing heavy (no JAX, no numpy), so scripts parse and validate
+flags before any slow import. Option lists are literals here; the modules that implement the
+options check that they agree (tests/test_config.py). Dataset-dependent limits (classes per
+client, Omniglot's 50 alphabets) are checked by `data.registry.validate`, which calls `validate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
-from pfedhn_jax.client import STRATEGIES
-from pfedhn_jax.data.omniglot import MAX_CHARACTERS
-from pfedhn_jax.data.sources import DATASETS
 from pfedhn_jax.errors import UserError
-from pfedhn_jax.server import OPTIMIZERS
-from pfedhn_jax.targets import COMPUTE_DTYPES, CONV_IMPLS
 
 ALGOS = ("pfedhn", "pfedhn-pc")
-DATASET_NAMES = tuple(DATASETS) + ("omniglot",)
-# Hypernetwork learning rate by algorithm, as in the reference's two trainers.
+DATASETS = ("cifar10", "cifar100", "omniglot")
+OPTIMIZERS = ("sgd", "adam")
+SPLITS = ("reference", "dirichlet")
+DATA_SOURCES = ("auto", "npz", "tfds")
+STRATEGIES = ("auto", "vmap", "map", "loop")
+CONV_IMPLS = ("auto", "xla", "im2col")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+# Hypernetwork learning rate by algorithm, as in the reference's two trainers (docs/reference.md §3).
 DEFAULT_LR = {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}
+
+# Fields that change neither the numbers nor the schedule (paths, speed, checkpoint cadence, how
+# the run was started): two configs that differ only here describe the same run.
+NOT_THE_RUN = ("data_dir", "out", "overwrite", "resume", "strategy", "conv_impl", "unroll",
+               "checkpoint_every", "keep_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every knob of a run. Defaults reproduce the reference (REFERENCE.md §3); deviations are opt-in."""
+    """Every knob of a run. Defaults reproduce the reference (docs/reference.md §3); deviations are opt-in."""
 
     # data
-    dataset: str = "cifar10"           # cifar10 | cifar100 | omniglot
+    dataset: str = "cifar10"
     data_dir: str | None = None
-    data_source: str = "auto"          # auto | npz | tfds
-    download: bool = False             # TFDS only
+    data_source: str = "auto"
+    download: bool = False
     num_clients: int = 50
     classes_per_client: int = -1       # -1: the dataset's paper value (2 for CIFAR-10, 10 for CIFAR-100)
-    split: str = "reference"           # reference | dirichlet
+    split: str = "reference"
     alpha: float = 0.5                 # Dirichlet concentration (split='dirichlet')
     val_size: int = 10_000             # CIFAR: validation images carved out of the training set
     image_size: int = 28               # Omniglot: side of the downsampled images
@@ -60,9 +70,9 @@ class Config:
     seed: int = 42
     out: str | None = None
     overwrite: bool = False
-    resume: bool = False               # insist on continuing the checkpoint in --out (automatic anyway)
-    checkpoint_every: int = 500        # outer steps between checkpoints (0: only at the end / on a signal)
-    keep_checkpoints: int = 3
+    resume: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2         # the newest two: resume needs one, the other guards against a bad disk
     # speed only (same numbers up to float rounding, except compute_dtype)
     strategy: str = "auto"
     conv_impl: str = "auto"
@@ -73,16 +83,6 @@ class Config:
     def hyper_lr(self) -> float:
         return DEFAULT_LR[self.algo] if self.lr is None else self.lr
 
-    @property
-    def n_classes(self) -> int:
-        return MAX_CHARACTERS if self.dataset == "omniglot" else DATASETS[self.dataset].n_classes
-
-    @property
-    def client_classes(self) -> int:
-        if self.classes_per_client != -1 or self.dataset == "omniglot":
-            return self.classes_per_client
-        return DATASETS[self.dataset].classes_per_client
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -91,13 +91,13 @@ class Config:
         def choice(flag, value, options):
             if value not in options:
                 raise UserError(f"--{flag}: unknown value '{value}'; choose one of {', '.join(options)}")
-        choice("dataset", self.dataset, DATASET_NAMES)
+        choice("dataset", self.dataset, DATASETS)
         choice("algo", self.algo, ALGOS)
         choice("optim", self.optim, OPTIMIZERS)
-        choice("split", self.split, ("reference", "dirichlet"))
-        choice("data-source", self.data_source, ("auto", "npz", "tfds"))
+        choice("split", self.split, SPLITS)
+        choice("data-source", self.data_source, DATA_SOURCES)
         choice("strategy", self.strategy, STRATEGIES)
-        choice("conv-impl", self.conv_impl, ("auto",) + CONV_IMPLS)
+        choice("conv-impl", self.conv_impl, CONV_IMPLS)
         choice("compute-dtype", self.compute_dtype, COMPUTE_DTYPES)
         for flag, v in (("num-clients", self.num_clients), ("num-steps", self.num_steps),
                         ("inner-steps", self.inner_steps), ("batch-size", self.batch_size),
@@ -112,14 +112,40 @@ class Config:
             if v is not None and not v > 0:
                 raise UserError(f"--{flag}: must be positive, got {v}")
         for flag, v in (("wd", self.wd), ("inner-wd", self.inner_wd), ("n-hidden", self.n_hidden),
-                        ("val-size", self.val_size), ("checkpoint-every", self.checkpoint_every)):
+                        ("val-size", self.val_size), ("checkpoint-every", self.checkpoint_every),
+                        ("n-val", self.n_val)):
             if v < 0:
                 raise UserError(f"--{flag}: must be >= 0, got {v}")
         if self.embed_dim != -1 and self.embed_dim < 1:
             raise UserError(f"--embed-dim: must be a positive integer or -1 (auto: int(1 + N/4)), got {self.embed_dim}")
-        if self.dataset != "omniglot" and not 1 <= self.client_classes <= self.n_classes:
-            raise UserError(f"--classes-per-client: {self.client_classes} is outside 1..{self.n_classes} "
-                            f"(the number of classes of {self.dataset})")
         if self.clients_per_step > self.num_clients:
             raise UserError(f"--clients-per-step: {self.clients_per_step} exceeds --num-clients {self.num_clients}")
         return self
+
+
+def _canonical(v: Any) -> Any:
+    """A value as it reads back from JSON (tuples -> lists), so saved and live configs compare equal."""
+    return json.loads(json.dumps(v))
+
+
+def run_differences(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, now)} over the fields that define the run (all but NOT_THE_RUN).
+
+    The one rule for "the same run", used by resume and by the grid: a field missing from an older
+    saved config counts as its default; a saved field that Config no longer has is a difference.
+    """
+    now = cfg.to_dict()
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    out = {}
+    for k in sorted(set(saved) | set(now)):
+        if k in NOT_THE_RUN:
+            continue
+        a, b = saved.get(k, defaults.get(k)), now.get(k)
+        if _canonical(a) != _canonical(b):
+            out[k] = (a, b)
+    return out
+
+
+def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:
+    """'--lr (saved: 0.01, now: 0.05), ...' for a message."""
+    return ", ".join(f"--{k.replace('_', '-')} (saved: {a}, now: {b})" for k, (a, b) in diff.items())

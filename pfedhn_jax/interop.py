@@ -165,7 +165,7 @@ def hypernet_from_torch_state(state: Mapping[str, Array], n_classes: int = 10) -
 
     num_clients, embed_dim <- embeddings.weight (N, e); hidden_dim, n_hidden <- mlp.*;
     n_kernels <- c1_bias.weight (n_kernels, hidden); n_classes <- l3_bias.weight
-    (n_classes, hidden). A state without `l3_*` heads is pFedHN-PC (exclude=('fc3',)); its
+    (n_classes, hidden). A state without `l3_*` heads is pFedHN-PC (private=('fc3',)); its
     classifier is private, so `n_classes` is then taken from the argument.
     """
     num_clients, embed_dim = np.shape(state["embeddings.weight"])
@@ -178,7 +178,7 @@ def hypernet_from_torch_state(state: Mapping[str, Array], n_classes: int = 10) -
     return HyperNetwork(
         target=cifar_cnn(n_classes, n_kernels), num_clients=num_clients,
         embed_dim=-1 if embed_dim == default_embed_dim(num_clients) else embed_dim,
-        hidden_dim=hidden_dim, n_hidden=n_hidden, exclude=("fc3",) if pc else ())
+        hidden_dim=hidden_dim, n_hidden=n_hidden, private=("fc3",) if pc else ())
 
 
 def from_torch_hypernet(state: Mapping[str, Array], hnet: HyperNetwork | None = None) -> Params:

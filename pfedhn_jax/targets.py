@@ -1,8 +1,10 @@
 """Target networks as pure functions over plain pytrees.
 
-A target is a frozen (hashable) dataclass with `init(key) -> params` and
-`apply(params, x) -> logits`. Its parameter shapes drive the hypernetwork's heads, so
-any target plugs into the same hypernetwork and training loop.
+A target (`Target`) is anything with `init(key) -> params` and `apply(params, x) -> logits`,
+params being any nested dict of arrays; best a frozen (hashable) dataclass, since targets sit
+inside the jit-static `HyperNetwork`. The shapes of `init`'s output drive the hypernetwork's
+heads, so any target plugs into the same hypernetwork and training loop: the built-in `ConvNet`,
+or a Flax module through `from_linen` / `from_nnx` (flax is imported only by those two).
 
 Parameter layout is JAX's (the same names and layouts as `flax.linen.Conv` / `Dense`):
 conv kernels are HWIO, dense kernels are (in, out), activations are NHWC and flattened in
@@ -13,13 +15,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 Params = Any  # a pytree (nested dicts) of arrays
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A target network as two pure functions over a params pytree (nested dicts of arrays).
+
+    init(key) -> params: a PRNG key -> a fresh params tree; the hypernetwork only uses the
+      shapes (`jax.eval_shape(target.init, key)`), pFedHN-PC also the values of the private part.
+    apply(params, x) -> logits: x (B, *input_shape) float inputs -> (B, n_classes) logits, for
+      params with exactly `init`'s structure and shapes; differentiable in params.
+    """
+
+    def init(self, key: jax.Array) -> Params: ...
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array: ...
 
 CONV_IMPLS = ("xla", "im2col")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -171,3 +188,107 @@ def omniglot_cnn(n_classes: int, image_size: int = 28, **kw) -> ConvNet:
 
 def num_params(params: Params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------- Flax adapters
+
+
+def _plain(tree: Any) -> Any:
+    """Mappings (dict, FrozenDict, nnx State) -> plain nested dicts; other leaves as they are."""
+    if hasattr(tree, "items"):
+        return {k: _plain(v) for k, v in tree.items()}
+    return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenTarget:
+    """A `flax.linen` module as a `Target`; params are its 'params' collection (a plain dict).
+
+    Hashable when the module is (linen modules are dataclasses); the sample input is kept as a
+    shape and dtype only.
+    """
+
+    module: Any                  # flax.linen.Module
+    input_shape: tuple[int, ...]  # shape of the sample input, batch dim included
+    input_dtype: str = "float32"
+
+    def init(self, key: jax.Array) -> Params:
+        """The module's own initialisers: `module.init(key, zeros(input_shape))['params']`."""
+        return _plain(self.module.init(key, jnp.zeros(self.input_shape, self.input_dtype))["params"])
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        return self.module.apply({"params": params}, x)
+
+
+def from_linen(module: Any, sample_input: jax.Array) -> LinenTarget:
+    """Wrap a `flax.linen.Module` whose only variables are 'params' (sample_input: (B, ...)).
+
+    Modules with other collections (batch_stats, mutable state) are refused: the federated loop
+    carries parameters only, so their state would be silently dropped.
+    """
+    sample = jax.ShapeDtypeStruct(tuple(sample_input.shape), sample_input.dtype)
+    variables = jax.eval_shape(module.init, jax.random.key(0), sample)
+    other = sorted(set(variables) - {"params"})
+    if other:
+        raise ValueError(f"from_linen: {type(module).__name__} has variable collections {other} besides "
+                         "'params'; only stateless modules (no batch_stats / mutable state) can be targets")
+    return LinenTarget(module, sample.shape, jnp.dtype(sample.dtype).name)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Constant:
+    """Holds a pytree of arrays inside a hashable dataclass; equal only to itself."""
+
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class NNXTarget:
+    """A `flax.nnx` model as a `Target`; params are its `nnx.Param` state as a plain nested dict.
+
+    init(key): with a factory, the params of a fresh `factory(nnx.Rngs(key))` (keyed, like
+    ConvNet); with a model, the KEY IS IGNORED and the model's own initial params are returned,
+    so every client's private part (pFedHN-PC) starts from the same values.
+    apply(params, x): `nnx.merge(graphdef, params)(x)`, a fresh module per call (pure).
+    """
+
+    graphdef: Any                            # nnx.GraphDef (hashable)
+    initial: _Constant | None = None         # the wrapped model's params, without a factory
+    factory: Callable[..., Any] | None = None  # rngs -> model
+
+    def init(self, key: jax.Array) -> Params:
+        if self.factory is None:
+            return self.initial.value
+        from flax import nnx
+        return _nnx_params(self.factory(nnx.Rngs(key)))[1]
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        from flax import nnx
+        return nnx.merge(self.graphdef, params)(x)
+
+
+def _nnx_params(model: Any) -> tuple[Any, Params]:
+    """model -> (graphdef, its nnx.Param values as a plain dict); refuses any other state."""
+    from flax import nnx
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        kinds = sorted({type(v).__name__ for _, v in nnx.to_flat_state(rest)})
+        raise ValueError(f"from_nnx: {type(model).__name__} has state besides nnx.Param ({kinds}); only "
+                         "stateless models (no BatchNorm stats, RNG streams or other variables) can be targets")
+    return graphdef, _plain(nnx.to_pure_dict(params))
+
+
+def from_nnx(model: Any) -> NNXTarget:
+    """Wrap a `flax.nnx` model, or a factory `rngs -> model` (then `init(key)` uses the key).
+
+    The model's state must be `nnx.Param` only; `init` of a wrapped model ignores its key (see
+    `NNXTarget`). Pass a factory, e.g. `from_nnx(lambda rngs: Net(rngs=rngs))`, for keyed init.
+    """
+    from flax import nnx
+    if isinstance(model, nnx.Module):
+        graphdef, params = _nnx_params(model)
+        return NNXTarget(graphdef, initial=_Constant(params))
+    if not callable(model):
+        raise TypeError(f"from_nnx: expected an nnx.Module or a factory rngs -> Module, got {type(model).__name__}")
+    graphdef, _ = _nnx_params(model(nnx.Rngs(0)))
+    return NNXTarget(graphdef, factory=model)

@@ -2,7 +2,7 @@
 """Reproduce the paper's Table 1 for pFedHN and pFedHN-PC: a grid of runs, then mean ± std tables.
 
     python scripts/reproduce.py --data-dir ../shared/data --out runs/table1
-    python scripts/reproduce.py --quick --datasets cifar10 --num-clients 10 --seeds 42
+    python scripts/reproduce.py --data-dir ../shared/data --quick --datasets cifar10 --num-clients 10 --seeds 42
 
 Cells: {--algos} x {--datasets} x {--num-clients} x {--seeds}; by default Table 1's: CIFAR-10 and
 CIFAR-100 with N = 10, 50, 100, Omniglot with N = 50, seeds 42, 27, 13 (3 x 7 x 2 = 42 runs of the
@@ -11,7 +11,7 @@ reference schedule, about 50 minutes each on a 2-core CPU). Each cell trains in-
 continues unfinished ones, so the grid can be stopped (Ctrl-C) and resumed at any time. Datasets
 missing from --data-dir are reported and their cells skipped. Writes `<out>/table.md`,
 `<out>/table.csv` (mean ± std over finished seeds of the test accuracy at the best validation
-step, the paper's value and the difference) and `<out>/curves.png`.
+step, the paper's value and the difference) and `<out>/curves.png` (once any cell has finished).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pfedhn_jax import grid
-from pfedhn_jax.config import ALGOS, Config
+from pfedhn_jax import grid, report
+from pfedhn_jax.config import ALGOS, DATASETS
 from pfedhn_jax.errors import UserError
+from pfedhn_jax.data.registry import validate
+from pfedhn_jax.paper import SEEDS
 
 # Config fields passed through unchanged to every cell (flag --x-y for field x_y).
 PASSTHROUGH = {"inner_steps": int, "batch_size": int, "eval_every": int, "clients_per_step": int,
@@ -42,11 +44,11 @@ def _csv(typ):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algos", type=_csv(str), default=list(ALGOS), help="comma-separated (default: pfedhn,pfedhn-pc)")
-    p.add_argument("--datasets", type=_csv(str), default=list(grid.DEFAULT_NUM_CLIENTS),
+    p.add_argument("--datasets", type=_csv(str), default=list(DATASETS),
                    help="comma-separated (default: cifar10,cifar100,omniglot)")
     p.add_argument("--num-clients", type=_csv(int), default=None,
                    help="comma-separated, for every dataset (default: Table 1's: 10,50,100 for CIFAR, 50 for Omniglot)")
-    p.add_argument("--seeds", type=_csv(int), default=list(grid.SEEDS), help="comma-separated (default: 42,27,13)")
+    p.add_argument("--seeds", type=_csv(int), default=list(SEEDS), help="comma-separated (default: 42,27,13)")
     p.add_argument("--data-dir", default=None, help="folder with <dataset>.npz (default: $PFEDHN_DATA_DIR)")
     p.add_argument("--out", default=None, help="grid folder (default: runs/table1, or runs/table1-quick with --quick)")
     p.add_argument("--quick", action="store_true",
@@ -63,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def eprint(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     fields: dict = dict(grid.QUICK) if args.quick else {}
@@ -76,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         bad = [a for a in args.algos if a not in ALGOS]
         if bad:
             raise UserError(f"--algos: unknown {', '.join(bad)}; choose from {', '.join(ALGOS)}")
-        bad = [d for d in args.datasets if d not in grid.DEFAULT_NUM_CLIENTS]
+        bad = [d for d in args.datasets if d not in DATASETS]
         if bad:
-            raise UserError(f"--datasets: unknown {', '.join(bad)}; choose from {', '.join(grid.DEFAULT_NUM_CLIENTS)}")
-        cells = grid.list_cells(args.algos, args.datasets, args.num_clients, args.seeds, log=grid.eprint)
+            raise UserError(f"--datasets: unknown {', '.join(bad)}; choose from {', '.join(DATASETS)}")
+        cells = grid.list_cells(args.algos, args.datasets, args.num_clients, args.seeds, log=eprint)
         if not cells:
             raise UserError("the grid is empty: check --algos, --datasets, --num-clients and --seeds")
         for c in cells:  # every cell's config is valid before anything runs
-            grid.cell_config(c, out, **fields).validate()
+            validate(grid.cell_config(c, out, **fields))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -94,24 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     outcomes = None
     if not args.table_only:
-        grid.eprint(f"{len(cells)} cells into {out}")
+        eprint(f"{len(cells)} cells into {out}")
+        if len(cells) > 6:
+            each = ("loads its data and compiles (tens of seconds on a 2-core CPU)" if args.quick else
+                    "takes about 50 minutes on a 2-core CPU at the reference schedule (a few minutes on a GPU)")
+            eprint(f"note: {len(cells)} cells, and each {each}; narrow the grid with --datasets, "
+                   "--num-clients and --seeds")
         try:
             outcomes = grid.run_grid(cells, out, fields, overwrite=args.overwrite, progress=not args.no_progress,
-                                     log=grid.eprint)
+                                     log=eprint)
         except KeyboardInterrupt:
-            grid.write_report(cells, out, fields, args.quick)
+            report.write_report(cells, out, fields, args.quick)
             print("stopped; rerun the same command to continue the grid", file=sys.stderr)
             return 130
         except Exception as e:
             if type(e).__name__ != "Interrupted":
                 raise
-            grid.write_report(cells, out, fields, args.quick)
+            report.write_report(cells, out, fields, args.quick)
             print(f"stopped: {e}; rerun the same command to continue the grid", file=sys.stderr)
             return 130 if getattr(e, "signal", "SIGINT") == "SIGINT" else 143
-    rows = grid.write_report(cells, out, fields, args.quick, outcomes)
+    rows, written = report.write_report(cells, out, fields, args.quick, outcomes)
     print((out / "table.md").read_text())
     if outcomes is not None:
-        print(f"cells: {grid.summary_line(outcomes)}; tables in {out}/table.md, {out}/table.csv, {out}/curves.png")
+        print(f"cells: {grid.summary_line(outcomes)}; wrote {', '.join(f'{out}/{w}' for w in written)}")
     done = sum(len(r.seeds) for r in rows)
     return 0 if done == len(cells) else 1
 

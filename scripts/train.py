@@ -3,7 +3,10 @@
 
     python scripts/train.py --data-dir ../shared/data --out runs/c10-n50-s42
 
-Every flag is a field of `pfedhn_jax.Config`; bad values exit with one line and status 2.
+Every flag but the last group is a field of `pfedhn_jax.Config`. Evaluation (every client, val
+and test) happens after outer steps 1, 1+k, 1+2k, ... (k = --eval-every) and after the last step,
+as in the reference. Bad values exit with one line and status 2; Ctrl-C / SIGTERM checkpoint and
+exit with 130 / 143; rerunning the same command resumes (a larger --num-steps extends a run).
 """
 
 from __future__ import annotations
@@ -13,63 +16,114 @@ import dataclasses
 import sys
 import typing
 
-from pfedhn_jax.config import Config
+from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, OPTIMIZERS, SPLITS,
+                               STRATEGIES, Config)
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 
-HELP = {
-    "dataset": "cifar10 | cifar100 | omniglot",
-    "data_dir": "folder with <dataset>.npz (or a TFDS data dir); default $PFEDHN_DATA_DIR",
-    "data_source": "auto | npz | tfds",
-    "download": "let TFDS download and prepare the dataset",
-    "classes_per_client": "-1: the paper's value (2 for CIFAR-10, 10 for CIFAR-100)",
-    "split": "reference (pathological, the paper's) | dirichlet",
-    "alpha": "Dirichlet concentration for --split dirichlet",
-    "algo": "pfedhn | pfedhn-pc",
-    "lr": "hypernetwork lr (default 1e-2 for pfedhn, 5e-2 for pfedhn-pc)",
-    "embed_lr": "embedding lr (default = --lr)",
-    "embed_dim": "-1: int(1 + num_clients/4)",
-    "optim": "hypernetwork optimizer: sgd | adam",
-    "clients_per_step": "clients per outer step, VJPs averaged (reference: 1; >1 is a deviation)",
-    "out": "output folder (results.json, curves.png, checkpoints/); a folder holding a checkpoint of the "
-           "same config is resumed; any other non-empty folder is refused unless --overwrite",
-    "overwrite": "delete the run files in --out (results.json, curves.png, checkpoints/) and start over",
-    "resume": "require a checkpoint in --out to continue (resuming is automatic when one exists)",
-    "checkpoint_every": "outer steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)",
-    "keep_checkpoints": "how many of the newest checkpoints to keep",
-    "strategy": "how the clients of a step run: auto | vmap | map | loop (speed only)",
-    "conv_impl": "auto | xla | im2col (speed only)",
-    "compute_dtype": "float32 | bfloat16 (bf16 matmuls: a deviation, faster on some hardware)",
-    "unroll": "lax.scan unroll of the local loop (speed only)",
+# (group, help) for every Config field; "{default}" is filled in; choices are listed by argparse.
+GROUPS = {
+    "data": "data and the federated split",
+    "algorithm": "algorithm (defaults: the reference's, docs/reference.md §3)",
+    "output": "evaluation, output and checkpoints",
+    "speed": "speed only (the numbers do not change, except --compute-dtype)",
 }
+HELP = {
+    "dataset": ("data", "dataset (default: {default})"),
+    "data_dir": ("data", "folder holding <dataset>.npz, or a TFDS data dir (default: $PFEDHN_DATA_DIR)"),
+    "data_source": ("data", "where to read the data: npz file, TFDS, or auto (npz if present) (default: {default})"),
+    "download": ("data", "let TFDS download and prepare the dataset (needs `pip install -e .[tfds]`)"),
+    "num_clients": ("data", "number of clients N (Omniglot: at most 50, one alphabet each) (default: {default})"),
+    "classes_per_client": ("data", "CIFAR: classes per client; -1 = the paper's (2 for CIFAR-10, 10 for "
+                                   "CIFAR-100) (default: {default})"),
+    "split": ("data", "CIFAR: the reference's pathological split, or Dirichlet label skew (default: {default})"),
+    "alpha": ("data", "Dirichlet concentration, with --split dirichlet (default: {default})"),
+    "val_size": ("data", "CIFAR: validation images carved out of the training set (default: {default})"),
+    "image_size": ("data", "Omniglot only: side of the downsampled images, 16..105 (default: {default})"),
+    "n_train": ("data", "Omniglot only: drawings per character for training (default: {default})"),
+    "n_val": ("data", "Omniglot only: drawings per character for validation; the rest test (default: {default})"),
+    "algo": ("algorithm", "pfedhn, or pfedhn-pc (a private classifier head per client) (default: {default})"),
+    "num_steps": ("algorithm", "outer steps (rounds) (default: {default})"),
+    "inner_steps": ("algorithm", "local SGD steps per client per round (default: {default})"),
+    "batch_size": ("algorithm", "local batch size (default: {default})"),
+    "lr": ("algorithm", "hypernetwork learning rate (default: 1e-2 for pfedhn, 5e-2 for pfedhn-pc)"),
+    "inner_lr": ("algorithm", "local SGD learning rate (default: {default})"),
+    "embed_lr": ("algorithm", "client-embedding learning rate (default: = --lr)"),
+    "wd": ("algorithm", "hypernetwork weight decay (default: {default})"),
+    "inner_wd": ("algorithm", "local weight decay (default: {default})"),
+    "optim": ("algorithm", "hypernetwork optimizer (default: {default})"),
+    "embed_dim": ("algorithm", "client-embedding size; -1 = int(1 + N/4) (default: {default})"),
+    "hyper_hid": ("algorithm", "hypernetwork hidden width (default: {default})"),
+    "n_hidden": ("algorithm", "hypernetwork hidden layers (default: {default})"),
+    "n_kernels": ("algorithm", "CIFAR target: kernels of the first conv (the second has twice) (default: {default})"),
+    "clients_per_step": ("algorithm", "clients per outer step, VJPs averaged; the reference uses 1, more is a "
+                                      "deviation (default: {default})"),
+    "eval_every": ("output", "evaluate after steps 1, 1+k, 1+2k, ... and the last (default: {default})"),
+    "seed": ("output", "seed of the split, the initialisation and the client/batch draws (default: {default})"),
+    "out": ("output", "output folder (results.json, curves.png, checkpoints/); a folder holding a checkpoint of "
+                      "the same run is resumed; any other non-empty folder is refused unless --overwrite"),
+    "overwrite": ("output", "delete the run files in --out (results.json, curves.png, checkpoints/) and start over"),
+    "resume": ("output", "require a checkpoint in --out to continue (resuming is automatic when one exists)"),
+    "checkpoint_every": ("output", "outer steps between checkpoints; 0 = only at the end and on SIGINT/SIGTERM "
+                                   "(default: {default})"),
+    "keep_checkpoints": ("output", "how many of the newest checkpoints to keep (~43 MB each for the default "
+                                   "CIFAR-10 run) (default: {default})"),
+    "strategy": ("speed", "how the clients of a step run: vmap, lax.map, a Python loop, or auto per backend "
+                          "(default: {default})"),
+    "conv_impl": ("speed", "convolutions as lax.conv (xla) or patches @ kernel (im2col); auto = im2col on CPU "
+                           "(default: {default})"),
+    "compute_dtype": ("speed", "bfloat16 matmul inputs with float32 accumulation: a deviation (default: {default})"),
+    "unroll": ("speed", "lax.scan unroll of the local loop (default: {default})"),
+}
+CHOICES = {"dataset": DATASETS, "data_source": DATA_SOURCES, "split": SPLITS, "algo": ALGOS, "optim": OPTIMIZERS,
+           "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it ("error: --flag: ..."), status 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message.removeprefix('argument ')} (see --help)\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {k: p.add_argument_group(title) for k, title in GROUPS.items()}
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+        group, text = HELP[f.name]
+        flag, g = "--" + f.name.replace("_", "-"), groups[group]
         if hints[f.name] is bool:
-            p.add_argument(flag, action="store_true", help=HELP.get(f.name))
+            g.add_argument(flag, action="store_true", help=text)
             continue
         typ = next(t for t in (int, float, str) if t in typing.get_args(hints[f.name]) + (hints[f.name],))
-        p.add_argument(flag, type=typ, default=f.default,
-                       help=f"{HELP.get(f.name, '')} (default: {f.default})".strip())
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                   help="checkpoint and exit after outer step STEP (run a long schedule in chunks)")
+        g.add_argument(flag, type=typ, default=f.default, choices=CHOICES.get(f.name),
+                       metavar=None if f.name in CHOICES else f.name.upper(),
+                       help=text.format(default=f.default))
+    run = p.add_argument_group("this invocation")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                     help="checkpoint and exit after outer step STEP (run a long schedule in chunks)")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write the curves as TensorBoard events to <out>/tensorboard (needs tensorboardX)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(parser().parse_args(argv))
+    p = parser()
+    try:
+        args = vars(p.parse_args(argv))
+    except SystemExit as e:  # argparse printed its usage + error; keep its status (2), or 0 for --help
+        return int(e.code or 0)
     progress = not args.pop("no_progress")
     stop_at = args.pop("stop_at")
+    tensorboard = args.pop("tensorboard")
     try:
-        cfg = Config(**args).validate()
-        from pfedhn_jax.experiment import train  # heavy imports after validation
+        from pfedhn_jax.data.registry import validate
+        cfg = validate(Config(**args))
         if stop_at is not None and (stop_at < 1 or cfg.out is None):
             raise UserError("--stop-at: needs a positive step and --out (where the checkpoint goes)")
-        res = train(cfg, progress=progress, stop_at=stop_at)
+        from pfedhn_jax.loop import train  # heavy imports after validation
+        res = train(cfg, progress=progress, stop_at=stop_at, tensorboard=tensorboard)
     except (UserError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -79,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 130 if e.signal == "SIGINT" else 143
+    except KeyboardInterrupt:
+        print("aborted by a second Ctrl-C; nothing more was saved", file=sys.stderr)
+        return 130
     if res["status"] == "paused":
         print(f"paused after outer step {int(res['state'].step)}; "
               f"checkpoint in {cfg.out}/checkpoints; rerun the same command without --stop-at to continue")
         return 0
     b = res["best"]
-    print(f"best val acc {b['best_val_acc']:.4f} at step {b['best_step']}: test acc {b['test_acc']:.4f} "
-          f"(per client min {b['test_min']:.4f} max {b['test_max']:.4f} std {b['test_std']:.4f}); "
+    print(f"test acc at the best val step {b['best_step']}: {b['test_acc']:.4f} (val {b['best_val_acc']:.4f}; "
+          f"per client min {b['test_min']:.4f} max {b['test_max']:.4f} std {b['test_std']:.4f}); "
           f"wall {res['timing']['wall_s']:.0f} s, compile {res['compile_s']:.1f} s")
     return 0
 

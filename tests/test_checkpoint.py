@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pfedhn_jax.algorithm import PFedHN
-from pfedhn_jax.checkpoint import Checkpointer, config_diff, to_json
+from pfedhn_jax.checkpoint import Checkpointer, to_json
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import FederatedData, pad_clients
 from pfedhn_jax.hypernet import HyperNetwork
@@ -40,7 +40,7 @@ def _tiny_data(target: ConvNet) -> FederatedData:
 def run(request):
     """(alg, data, jitted step, states after 0..4 outer steps) for one variant."""
     target = ConvNet((10, 10, 3), (3, 4), 3, "VALID", (6, 5), 4)
-    hnet = HyperNetwork(target, N_CLIENTS, embed_dim=3, hidden_dim=16, n_hidden=1, exclude=request.param)
+    hnet = HyperNetwork(target, N_CLIENTS, embed_dim=3, hidden_dim=16, n_hidden=1, private=request.param)
     alg = PFedHN(hnet, inner_steps=2, batch_size=4)
     data = _tiny_data(target)
     step = jax.jit(alg.step)
@@ -77,7 +77,7 @@ def test_restore_is_bit_identical_and_resumes_exactly(run, tmp_path):
     assert int(restored.step) == 2
     _assert_identical(restored, states[2])
     assert isinstance(restored.clients.private, dict)
-    assert sorted(restored.clients.private) == list(alg.private_layers)  # {} for pFedHN
+    assert sorted(restored.clients.private) == list(alg.hnet.private)  # {} for pFedHN
     assert jnp.issubdtype(restored.key.dtype, jax.dtypes.prng_key)
     np.testing.assert_array_equal(jax.random.key_data(jax.random.split(restored.key)),
                                   jax.random.key_data(jax.random.split(states[2].key)))
@@ -128,7 +128,7 @@ def test_keep_latest_and_restore_after_newer_save(run, tmp_path):
 
 def test_wrong_template_is_refused(run, tmp_path):
     alg, _, _, states = run
-    other = PFedHN(dataclasses.replace(alg.hnet, exclude=() if alg.private_layers else ("fc3",)))
+    other = PFedHN(dataclasses.replace(alg.hnet, private=() if alg.hnet.private else ("fc3",)))
     with Checkpointer(tmp_path) as ck:
         ck.save(1, states[1], {})
         with pytest.raises(ValueError):
@@ -197,12 +197,3 @@ def test_process_killed_mid_save(tmp_path):
         ck.save(3, {**template, "w": template["w"] + 3}, {"s": 3})
         assert ck.all_steps() == [1, 2, 3] and ck.host_config() == {"s": 3}
     assert sorted(os.listdir(d)) == ["1", "2", "3"]
-
-
-def test_config_diff_lists_exactly_the_changed_keys():
-    saved = to_json(Config(seed=1, out="/a", lr=0.01).to_dict())  # as read back from the host JSON
-    current = Config(seed=2, out="/b", lr=0.01, num_steps=10).to_dict()
-    assert config_diff(saved, current, ignore=("out",)) == {"seed": (1, 2), "num_steps": (5000, 10)}
-    assert config_diff(saved, saved) == {}
-    assert config_diff({"a": (1, 2), "n": math.nan, "i": 1}, {"a": [1, 2], "n": math.nan, "i": 1.0}) == {}
-    assert config_diff({"a": 1, "gone": 0}, {"a": 1, "new": 2}) == {"gone": (0, None), "new": (None, 2)}

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pfedhn_jax.data import DATASETS, load_raw, sample_batch
+from pfedhn_jax.data.federated import sample_batch
+from pfedhn_jax.data.sources import DATASETS, load_raw
 from pfedhn_jax.data.federated import FederatedData, pad_clients
 from pfedhn_jax.errors import DataError
 

@@ -23,8 +23,8 @@ def test_reference_size_and_structure():
     assert len(shapes["mlp"]) == 4
 
 
-def test_apply_batched_equals_single_and_exclude(tiny_target):
-    h = HyperNetwork(tiny_target, 6, exclude=(tiny_target.head,))
+def test_apply_batched_equals_single_and_private(tiny_target):
+    h = HyperNetwork(tiny_target, 6, private=(tiny_target.head,))
     p = h.init(jax.random.key(0))
     ids = jnp.array([4, 1, 4])
     batched = h.apply(p, ids)

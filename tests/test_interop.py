@@ -14,7 +14,7 @@ from pfedhn_jax.interop import (from_torch_hypernet, generate_torch_layout, hype
                                 target_from_torch, target_to_torch, to_torch_hypernet)
 
 CIFAR = HyperNetwork(targets.cifar_cnn(), num_clients=5, hidden_dim=16)
-CIFAR_PC = HyperNetwork(targets.cifar_cnn(), num_clients=5, hidden_dim=16, exclude=("fc3",))
+CIFAR_PC = HyperNetwork(targets.cifar_cnn(), num_clients=5, hidden_dim=16, private=("fc3",))
 # Non-square input, SAME padding, odd spatial sizes: exercises the CHW <-> HWC reorder of fc1.
 ODD = targets.ConvNet((11, 14, 2), (3, 4), 3, "SAME", (6,), 5)
 OMNIGLOT = targets.omniglot_cnn(7, image_size=28)
@@ -157,7 +157,7 @@ def test_target_layout_matches_reference_forward_same_padding(target):
 def test_independent_torch_state_loads_with_reference_semantics(pc):
     state = random_torch_state(np.random.default_rng(2), pc=pc)
     hnet = hypernet_from_torch_state(state)
-    assert hnet == HyperNetwork(targets.cifar_cnn(), 5, hidden_dim=16, exclude=("fc3",) if pc else ())
+    assert hnet == HyperNetwork(targets.cifar_cnn(), 5, hidden_dim=16, private=("fc3",) if pc else ())
     assert hnet.embedding_dim == 2
     params = from_torch_hypernet(state)
     rng = np.random.default_rng(3)

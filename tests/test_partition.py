@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from pfedhn_jax.data import DATASETS, load_raw, make_split
+from pfedhn_jax.data.federated import make_split
+from pfedhn_jax.data.sources import DATASETS, load_raw
 from pfedhn_jax.data.partition import (dirichlet_assignment, reference_assignment, split_indices,
                                        validation_carve_out)
 from pfedhn_jax.errors import UserError

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pfedhn_jax import experiment
+from pfedhn_jax import builders, loop
 from pfedhn_jax.config import Config
 from pfedhn_jax.server import hypernet_grads
 
@@ -34,14 +34,14 @@ def cfg(data_dir):
 
 @pytest.fixture(scope="module")
 def loaded(cfg):
-    return experiment.load_data(cfg)  # (FederatedData, SplitSummary, desc)
+    return builders.load_data(cfg)  # (FederatedData, SplitSummary, desc)
 
 
 @pytest.fixture(scope="module")
 def pc_run(cfg, loaded):
     """STEPS outer steps of pFedHN-PC: the algorithm, every intermediate state, the sampled ids."""
     data = loaded[0]
-    alg = experiment.build_algorithm(cfg)
+    alg = builders.build_algorithm(cfg)
     step = jax.jit(alg.step)
     states, ids = [jax.jit(alg.init)(jax.random.key(cfg.seed))], []
     for _ in range(STEPS):
@@ -91,7 +91,7 @@ def test_head_momentum_persists_across_rounds(cfg, loaded, pc_run):
 def test_hypernetwork_has_no_head_output(cfg, pc_run):
     alg, _, states, _ = pc_run
     head = alg.target.head
-    assert alg.hnet.exclude == (head,) == alg.private_layers
+    assert alg.hnet.private == (head,)
     params = states[-1].server.params
     layers = set(alg.target.param_shapes())
     assert set(params["heads"]) == layers - {head} and head in layers
@@ -102,7 +102,7 @@ def test_hypernetwork_has_no_head_output(cfg, pc_run):
     grads = jax.eval_shape(lambda p: hypernet_grads(alg.hnet, p, one, alg.hnet.apply(p, one)), params)
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     # and the parameter count is pFedHN's minus exactly the head's generator (H -> 84*10 and H -> 10)
-    full_hnet = experiment.build_algorithm(dataclasses.replace(cfg, algo="pfedhn")).hnet
+    full_hnet = builders.build_algorithm(dataclasses.replace(cfg, algo="pfedhn")).hnet
     full = jax.eval_shape(full_hnet.init, jax.random.key(0))
     count = lambda p: sum(x.size for x in jax.tree.leaves(p))
     h, (fan, out) = cfg.hyper_hid, alg.target.param_shapes()[head]["kernel"].shape
@@ -116,16 +116,16 @@ def test_hypernetwork_has_no_head_output(cfg, pc_run):
 def test_pc_and_pfedhn_same_seed_differ_only_where_they_should(cfg, loaded, pc_run):
     alg_pc, _, states_pc, ids_pc = pc_run
     cfg_hn = dataclasses.replace(cfg, algo="pfedhn")
-    data_hn, split_hn, desc_hn = experiment.load_data(cfg_hn)
+    data_hn, split_hn, desc_hn = builders.load_data(cfg_hn)
     _, split_pc, desc_pc = loaded
     for a, b in zip(split_pc[1:], split_hn[1:]):  # same data split, client by client
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
     np.testing.assert_array_equal(split_pc.assignment.classes, split_hn.assignment.classes)
     assert desc_pc == desc_hn
 
-    alg_hn = experiment.build_algorithm(cfg_hn)
+    alg_hn = builders.build_algorithm(cfg_hn)
     assert (alg_hn.lr, alg_pc.lr) == (1e-2, 5e-2)  # the reference's two trainers
-    assert alg_hn.private_layers == () and alg_hn.inner_steps == alg_pc.inner_steps
+    assert alg_hn.hnet.private == () and alg_hn.inner_steps == alg_pc.inner_steps
     s_hn = jax.jit(alg_hn.init)(jax.random.key(cfg.seed))
     s_pc = states_pc[0]
     assert s_hn.clients.private == {}
@@ -168,7 +168,7 @@ def test_evaluation_uses_each_clients_own_head(cfg, loaded, pc_run):
 
     # the evaluation of the training loop: rig client j's head to always answer class k; only client
     # j's accuracy changes, and it becomes exactly the share of class k in j's own validation set
-    trainer = experiment.Trainer(cfg, data)
+    trainer = loop.Trainer(cfg, data)
     val0, test0 = trainer.evaluate(state)
     j = 1
     k = int(loaded[1].assignment.classes[j][0])

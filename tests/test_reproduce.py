@@ -1,5 +1,5 @@
 """The Table 1 grid (pfedhn_jax.grid, scripts/reproduce.py): a real tiny grid on Omniglot for both
-algorithms (which also checks Omniglot's wiring through experiment.train), resuming a partly
+algorithms (which also checks Omniglot's wiring through loop.train), resuming a partly
 finished grid, the mean ± std aggregation on generated results, and missing datasets."""
 
 import csv
@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pfedhn_jax import experiment, grid
+from pfedhn_jax import builders, grid, report
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.omniglot import MAX_CHARACTERS, load_omniglot
+from pfedhn_jax.data.registry import JPEG_COPY_SHA256
+from pfedhn_jax.paper import PAPER
 
 OMNI = dict(num_steps=2, inner_steps=2, eval_every=1, batch_size=8, image_size=16, hyper_hid=16, n_hidden=1)
 OMNI_CELLS = [grid.Cell("pfedhn", "omniglot", 3, 0), grid.Cell("pfedhn-pc", "omniglot", 3, 0)]
@@ -31,7 +33,7 @@ def omni_grid(data_dir, tmp_path_factory):
     fields = dict(OMNI, data_dir=str(data_dir))
     log = []
     outcomes = grid.run_grid(OMNI_CELLS, out, fields, log=log.append)
-    grid.write_report(OMNI_CELLS, out, fields, quick=True, outcomes=outcomes)
+    report.write_report(OMNI_CELLS, out, fields, quick=True, outcomes=outcomes)
     return out, fields, outcomes, log
 
 
@@ -69,7 +71,7 @@ def test_rerun_skips_finished_cells(omni_grid):
     # and through the real trainer too: a rerun of the same grid leaves the files alone
     grid.run_grid(OMNI_CELLS, out, fields, log=lambda s: None)
     assert [(f.stat().st_mtime_ns, f.read_bytes()) for f in files] == before
-    rows = grid.write_report(OMNI_CELLS, out, fields, quick=True)
+    rows, _ = report.write_report(OMNI_CELLS, out, fields, quick=True)
     assert [len(r.seeds) for r in rows] == [1, 1]
 
 
@@ -81,7 +83,7 @@ def test_omniglot_runs_are_wired_to_alphabets(omni_grid, data_dir):
         res = json.loads((out / cell.name / "results.json").read_text())
         assert res["data"]["dataset"] == "omniglot" and res["data"]["sha256"] == omni.raw.sha256
         assert res["algorithm"]["hyper_lr"] == {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}[cell.algo]
-        data, split, desc = experiment.load_data(cfg)
+        data, split, desc = builders.load_data(cfg)
         assert desc["client_counts"] == res["data"]["client_counts"]
         assert data.x.shape[1:] == (16, 16, 1)
         seen = []
@@ -95,10 +97,10 @@ def test_omniglot_runs_are_wired_to_alphabets(omni_grid, data_dir):
         everything = np.concatenate(seen)
         assert len(np.unique(everything)) == len(everything)  # no drawing in two splits or two clients
         assert len(everything) == int(np.isin(omni.alphabet, range(cfg.num_clients)).sum())
-        alg = experiment.build_algorithm(cfg)
+        alg = builders.build_algorithm(cfg)
         head = alg.target.head
         assert alg.target.param_shapes()[head]["kernel"].shape == (128, MAX_CHARACTERS)
-        assert alg.private_layers == ((head,) if cell.algo == "pfedhn-pc" else ())
+        assert alg.hnet.private == ((head,) if cell.algo == "pfedhn-pc" else ())
         assert len(res["best"]["test_per_client"]) == cfg.num_clients
 
 
@@ -107,7 +109,7 @@ def test_omniglot_runs_are_wired_to_alphabets(omni_grid, data_dir):
 
 def fake_results(cfg: Config, test_acc: float, step: int | None = None, sha256: str = "0" * 64,
                  status: str | None = "finished") -> dict:
-    """A results.json as experiment.train writes it, with a chosen best-val test accuracy."""
+    """A results.json as loop.train writes it, with a chosen best-val test accuracy."""
     step = cfg.num_steps if step is None else step
     curves = [{"step": s, "test_acc": test_acc * s / step, "val_acc": 0.5} for s in range(1, step + 1, 2)]
     if curves[-1]["step"] != step:
@@ -129,7 +131,7 @@ def write_cell(cfg: Config, res: dict, checkpoint: bool = False) -> None:
 
 
 class FakeTrainer:
-    """Stands in for experiment.train: records the configs and writes finished results."""
+    """Stands in for loop.train: records the configs and writes finished results."""
 
     def __init__(self, acc: float = 0.5):
         self.calls, self.acc = [], acc
@@ -154,7 +156,7 @@ def test_aggregation_mean_std_and_paper_diff(tmp_path, c10):
     fields = dict(data_dir=str(c10), num_steps=10, inner_steps=5, eval_every=2)
     cells = grid.list_cells(["pfedhn", "pfedhn-pc"], ["cifar10"], [10], [42, 27, 13])
     accs = {42: 0.90, 27: 0.92, 13: 0.87}
-    jpeg = next(iter(grid.JPEG_COPY_SHA256))
+    jpeg = next(iter(JPEG_COPY_SHA256))
     for c in cells:
         cfg = grid.cell_config(c, out, **fields)
         if c.algo == "pfedhn":
@@ -165,7 +167,8 @@ def test_aggregation_mean_std_and_paper_diff(tmp_path, c10):
             write_cell(cfg, res)
         else:
             write_cell(cfg, fake_results(cfg, 0.10, step=4, status="running"))
-    rows = grid.write_report(cells, out, fields)
+    rows, written = report.write_report(cells, out, fields)
+    assert written == ["table.md", "table.csv", "curves.png"]
     hn, pc = rows
     assert hn.seeds == [42, 27, 13] and pc.seeds == [42] and pc.requested == 3
     want = np.array([90.0, 92.0, 87.0])
@@ -178,23 +181,23 @@ def test_aggregation_mean_std_and_paper_diff(tmp_path, c10):
     assert "non-reference schedule" in table and "quick" not in table
     assert f"| pFedHN | CIFAR-10 (JPEG copy) | 10 | 3/3 | {want.mean():.2f} ± {want.std():.2f} | ~90.83 ± 0.28 | " \
            f"{want.mean() - 90.83:+.2f} |" in table
-    assert "| pFedHN-PC | CIFAR-10 | 10 | 1/3 | 80.00 ± 0.00 | 92.47 ± 0.10 | -12.47 |" in table
+    assert "| pFedHN-PC | CIFAR-10 | 10 | 1/3 | 80.00 (n=1) | 92.47 ± 0.10 | -12.47 |" in table
     rows_csv = list(csv.DictReader((out / "table.csv").open()))
     assert rows_csv[0]["schedule_kind"] == "non-reference" and rows_csv[0]["paper_mean"] == "90.83"
     assert float(rows_csv[0]["mean"]) == pytest.approx(want.mean(), abs=1e-4)
     assert float(rows_csv[0]["std"]) == pytest.approx(want.std(), abs=1e-4)
     assert rows_csv[1]["seeds"] == "42" and rows_csv[1]["n_seeds"] == "1"
     # curves: mean over the finished seeds, per evaluation step
-    curves = grid.mean_curves(cells, out, fields)
+    curves = report.mean_curves(cells, out, fields)
     steps, acc, k = curves[("pfedhn", "cifar10", 10)]
     assert k == 3 and steps[-1] == 10 and acc[-1] == pytest.approx(want.mean())
     assert (out / "curves.png").stat().st_size > 0
 
 
 def test_mean_std_helper():
-    assert grid.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(1.25)))
-    assert grid.mean_std([7.0]) == (7.0, 0.0)
-    assert all(math.isnan(x) for x in grid.mean_std([]))
+    assert report.mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(1.25)))
+    assert report.mean_std([7.0]) == (7.0, 0.0)
+    assert all(math.isnan(x) for x in report.mean_std([]))
 
 
 def test_unfinished_cells_are_rerun_and_finished_ones_kept(tmp_path, c10):
@@ -218,7 +221,7 @@ def test_unfinished_cells_are_rerun_and_finished_ones_kept(tmp_path, c10):
         assert called[cells[2].name].resume and not called[cells[2].name].overwrite   # continue the checkpoint
     assert not called[cells[3].name].overwrite                  # a new cell
     assert (out / cells[0].name / "results.json").read_bytes() == kept
-    assert [len(r.seeds) for r in grid.write_report(cells, out, fields)] == [4]
+    assert [len(r.seeds) for r in report.write_report(cells, out, fields)[0]] == [4]
 
 
 def test_a_folder_of_another_config_is_left_alone_unless_overwrite(tmp_path, c10):
@@ -230,8 +233,8 @@ def test_a_folder_of_another_config_is_left_alone_unless_overwrite(tmp_path, c10
     train, log = FakeTrainer(), []
     outcomes = grid.run_grid([cell], out, fields, train_fn=train, log=log.append)
     assert outcomes[0].status == "conflict" and not train.calls
-    assert "different config" in log[0] and "num_steps: 5000 -> 10" in log[0] and "--overwrite" in log[0]
-    rows = grid.write_report([cell], out, fields, outcomes=outcomes)
+    assert "different config" in log[0] and "--num-steps (saved: 5000, now: 10)" in log[0] and "--overwrite" in log[0]
+    rows, _ = report.write_report([cell], out, fields, outcomes=outcomes)
     assert rows[0].seeds == [] and rows[0].status == "different config in folder"
     outcomes = grid.run_grid([cell], out, fields, train_fn=train, overwrite=True, log=log.append)
     assert outcomes[0].status == "restarted" and train.calls[0].overwrite
@@ -245,10 +248,10 @@ def test_missing_dataset_is_reported_and_skipped(tmp_path, c10):
     outcomes = grid.run_grid(cells, out, fields, train_fn=train, log=log.append)
     assert [o.status for o in outcomes] == ["skipped-data"] * 2 + ["trained"] * 2
     missing = [line for line in log if line.startswith("cifar100:")]
-    assert len(missing) == 1 and "dataset not found" in missing[0] and "cifar100.npz does not exist" in missing[0]
+    assert len(missing) == 1 and "not found" in missing[0] and "cifar100.npz does not exist" in missing[0]
     assert "skipping its 2 cell(s)" in missing[0]
     assert all(os.path.basename(c.out).startswith("pfedhn-cifar10-") for c in train.calls)
-    rows = grid.write_report(cells, out, fields, outcomes=outcomes)
+    rows, written = report.write_report(cells, out, fields, outcomes=outcomes)
     assert [(r.dataset, r.status, len(r.seeds)) for r in rows] == [("cifar100", "no data", 0), ("cifar10", "", 2)]
     assert "| pFedHN | CIFAR-100 | 10 | 0/2 | no data |" in (out / "table.md").read_text()
 
@@ -257,12 +260,12 @@ def test_default_cells_are_table_1():
     cells = grid.list_cells(log=lambda s: None)
     assert len(cells) == 2 * (3 + 3 + 1) * 3
     groups = sorted({c.group for c in cells})
-    assert all(g in grid.PAPER for g in groups)
+    assert all(g in PAPER for g in groups)
     assert {c.seed for c in cells} == {42, 27, 13}
     assert grid.Cell("pfedhn-pc", "cifar100", 50, 27).name == "pfedhn-pc-cifar100-n50-s27"
     log = []
     assert [c.num_clients for c in grid.list_cells(["pfedhn"], ["omniglot"], [10, 100], [1], log=log.append)] == [10]
-    assert "Omniglot has 50 alphabets" in log[0]
+    assert "Omniglot supports at most 50 clients" in log[0]
 
 
 def _load_script():
@@ -277,9 +280,12 @@ def test_cli_quick_grid_with_missing_data(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     rc = reproduce.main(["--quick", "--datasets", "cifar100", "--num-clients", "10", "--seeds", "1,2",
                          "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"])
-    err = capsys.readouterr().err
+    cap = capsys.readouterr()
+    err = cap.err
     assert rc == 1  # nothing finished
-    assert "cifar100: dataset not found" in err and "skipping its 4 cell(s)" in err
+    assert "cifar100: skipping its 4 cell(s)" in err and "not found" in err
+    assert "table.md" in cap.out and "curves.png" not in cap.out  # nothing finished: no plot claimed
+    assert not (tmp_path / "out" / "curves.png").exists()
     table = (tmp_path / "out" / "table.md").read_text()
     assert "quick schedule" in table and "num_steps=20, inner_steps=5, eval_every=10" in table
     assert table.count("no data") == 2

@@ -2,7 +2,7 @@
 checkpoint, mismatched configs and changed data are refused, --out is never changed without --overwrite.
 
 Runs use a small generated cifar10.npz (random pixels) so each costs seconds; the real file is
-exercised end to end in test_experiment.py.
+exercised end to end in test_loop.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pfedhn_jax import experiment
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.errors import DataError, DivergenceError, UserError
-from pfedhn_jax.experiment import train
+from pfedhn_jax.loop import train
+from pfedhn_jax.trainer import Trainer
 
 
 def write_cifar_like(path, n_train=1200, n_test=400, seed=0):
@@ -83,8 +83,8 @@ def test_two_chunks_equal_one_straight_run(fake_dir, tmp_path):
     assert_states_identical(resumed["state"], straight["state"])  # hypernet, optimiser, private heads, key
     on_disk = json.loads((tmp_path / "b" / "results.json").read_text())
     assert on_disk["status"] == "finished" and curves(on_disk) == curves(straight)
-    # the retained checkpoints are the newest `keep_checkpoints`
-    assert Checkpointer(tmp_path / "b" / "checkpoints").all_steps() == [20, 30, 40]
+    # the retained checkpoints are the newest `keep_checkpoints` (default 2)
+    assert Checkpointer(tmp_path / "b" / "checkpoints").all_steps() == [30, 40]
 
 
 def test_finished_run_is_left_untouched(fake_dir, tmp_path):
@@ -100,7 +100,7 @@ def test_different_config_is_refused_naming_keys(fake_dir, tmp_path):
     cfg = tiny(fake_dir, tmp_path / "a", num_steps=6, eval_every=3)
     train(cfg, progress=False, stop_at=3)
     before = snapshot(tmp_path / "a")
-    with pytest.raises(UserError, match=r"--lr \(checkpoint: None, now: 0.1\).*--seed \(checkpoint: 5, now: 6\)"):
+    with pytest.raises(UserError, match=r"--lr \(saved: None, now: 0.1\).*--seed \(saved: 5, now: 6\)"):
         train(dataclasses.replace(cfg, lr=0.1, seed=6), progress=False)
     assert snapshot(tmp_path / "a") == before
 
@@ -118,24 +118,25 @@ def test_changed_data_file_is_refused_on_resume(tmp_path):
 
 def test_injected_nan_stops_and_keeps_last_good_checkpoint(fake_dir, tmp_path, monkeypatch):
     cfg = tiny(fake_dir, tmp_path / "a", num_steps=30, eval_every=4, checkpoint_every=5)
-    real_step = experiment.Trainer.step
+    real_step = Trainer.step
 
-    def poisoned(self, state):
-        state, m = real_step(self, state)
-        if int(state.step) == 12:  # the loss of step 12 goes non-finite
+    def poisoned(self, state, client_ids=None):
+        state, m = real_step(self, state, client_ids)
+        if int(state.step[0]) == 12:  # the loss of step 12 goes non-finite
             m = m._replace(loss=m.loss * np.nan)
         return state, m
 
-    monkeypatch.setattr(experiment.Trainer, "step", poisoned)
+    monkeypatch.setattr(Trainer, "step", poisoned)
     with pytest.raises(DivergenceError, match=r"outer step 12 \(client \d+\)"):
         train(cfg, progress=False)
     ckpt = Checkpointer(tmp_path / "a" / "checkpoints")
     assert ckpt.all_steps() == [5, 10]
-    monkeypatch.setattr(experiment.Trainer, "step", real_step)
+    monkeypatch.setattr(Trainer, "step", real_step)
     clean = train(dataclasses.replace(cfg, out=str(tmp_path / "clean")), progress=False, stop_at=10)
-    state, host = ckpt.restore(clean["state"])
-    assert_states_identical(state, clean["state"])
-    assert host["results"]["status"] == "running"
+    template = jax.tree.map(lambda a: a[None], clean["state"])  # checkpoints hold a leading run axis
+    state, host = ckpt.restore(template)
+    assert_states_identical(state, template)
+    assert host["runs"][0]["results"]["status"] == "running"
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert res["status"] == "diverged" and "outer step 12" in res["error"]
 

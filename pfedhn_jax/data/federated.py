@@ -61,6 +61,9 @@ def sample_batch(data: FederatedData, split: ClientIndex, client: jax.Array, key
     count when it holds fewer than B samples (the reference's batch is then just smaller).
     """
     length = split.index.shape[1]
+    if batch_size > length:
+        raise ValueError(f"batch_size {batch_size} exceeds the padded length {length} of this split; pad it with "
+                         f"pad_clients(lists, min_len={batch_size}) or lower batch_size")
     count = split.count[client]
     u = jnp.where(jnp.arange(length) < count, jax.random.uniform(key, (length,)), 2.0)
     _, pos = jax.lax.top_k(-u, batch_size)
@@ -106,11 +109,28 @@ def make_split(raw: RawDataset, info: DatasetInfo, num_clients: int, classes_per
     return SplitSummary(assignment, train, val, test)
 
 
-def to_device(raw: RawDataset, info: DatasetInfo, split: SplitSummary, batch_size: int) -> FederatedData:
-    """Put the images on the device once and the per-client index arrays beside them."""
+def to_device(raw: RawDataset, info: DatasetInfo, split: SplitSummary | list[SplitSummary],
+              batch_size: int) -> FederatedData:
+    """Put the images on the device once and the per-client index arrays beside them.
+
+    split: one split, or a list of R splits (one per run of a group, e.g. per seed): then every
+    ClientIndex leaf gets a leading run axis, (R, N, L) and (R, N), padded to a common L. Padding
+    never changes a draw: batches are sampled among the first `count` positions, and
+    `jax.random.uniform` draws for a longer row start with the same numbers.
+    """
+    runs = split if isinstance(split, list) else [split]
     x = jnp.asarray(np.concatenate([raw.x_train, raw.x_test]))
     y = jnp.asarray(np.concatenate([raw.y_train, raw.y_test]).astype(np.int32))
-    val = split.val if any(len(v) for v in split.val) else split.test  # val_size=0: select on test
+    vals = [s.val if any(len(v) for v in s.val) else s.test for s in runs]  # val_size=0: select on test
+
+    def index(lists_per_run: list[list[np.ndarray]], min_len: int = 1) -> ClientIndex:
+        length = max([min_len] + [len(ix) for lists in lists_per_run for ix in lists])
+        padded = [pad_clients(lists, length) for lists in lists_per_run]
+        if not isinstance(split, list):
+            return padded[0]
+        return ClientIndex(*(jnp.stack(a) for a in zip(*padded)))
+
     return FederatedData(
         x, y, jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32),
-        train=pad_clients(split.train, min_len=batch_size), val=pad_clients(val), test=pad_clients(split.test))
+        train=index([s.train for s in runs], min_len=batch_size), val=index(vals),
+        test=index([s.test for s in runs]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pfedhn_jax.config import Config
-from pfedhn_jax.experiment import is_eval_step, train
+from pfedhn_jax.loop import is_eval_step, train
 
 SMALL = dict(dataset="cifar10", num_clients=10, num_steps=4, inner_steps=3, eval_every=2, n_kernels=4,
              hyper_hid=16, seed=3)
@@ -41,3 +41,25 @@ def test_short_run_learns(data_dir):
     first, best = r["curves"][0], r["best"]
     assert best["test_acc"] > 0.6 > first["test_acc"]  # 2 classes per client: learnt well beyond chance
     assert len(best["test_per_client"]) == 10 and best["test_min"] <= best["test_acc"] <= best["test_max"]
+
+
+def test_extending_a_finished_run_equals_the_longer_run(data_dir, tmp_path):
+    import time
+    base = Config(data_dir=str(data_dir), out=str(tmp_path / "ext"), **SMALL)
+    train(base, progress=False)
+    t0 = time.perf_counter()
+    again = train(base, progress=False)  # finished: nothing reloaded, nothing rewritten
+    assert time.perf_counter() - t0 < 5 and again["status"] == "finished" and "state" not in again
+    longer = dataclasses.replace(base, num_steps=7)
+    ext = train(longer, progress=False)
+    straight = train(dataclasses.replace(longer, out=str(tmp_path / "straight")), progress=False)
+    jax.tree.map(np.testing.assert_array_equal, ext["state"].server.params, straight["state"].server.params)
+    # train_loss averages the local losses since the previous evaluation, which the extra one moves
+    strip = lambda r: {row["step"]: {k: v for k, v in row.items() if k not in ("wall_s", "train_loss")}
+                       for row in r["curves"]}
+    e, s = strip(ext), strip(straight)
+    assert set(e) == set(s) | {4} and all(e[k] == s[k] for k in s)  # plus the old final evaluation
+    saved = json.loads((tmp_path / "ext" / "results.json").read_text())
+    assert saved["extended"] == [{"from_num_steps": 4, "to_num_steps": 7, "at_step": 4}]
+    assert saved["config"]["num_steps"] == 7 and saved["status"] == "finished"
+    assert saved["communication"]["bytes_down_per_round"] == 4 * saved["communication"]["theta_params"]

@@ -1,0 +1,82 @@
+"""Config -> the pieces of a run: target, algorithm, device-resident data, compiler options.
+
+The one place where flags become objects; the dataset-specific parts come from the registry.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+
+from pfedhn_jax.algorithm import PFedHN
+from pfedhn_jax.config import Config
+from pfedhn_jax.data.federated import FederatedData, SplitSummary, to_device
+from pfedhn_jax.data.registry import spec
+from pfedhn_jax.hypernet import HyperNetwork
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """'auto': im2col on CPU (matmuls stay fast inside XLA:CPU loops), lax.conv elsewhere."""
+    if conv_impl != "auto":
+        return conv_impl
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+
+
+def compiler_options() -> dict[str, str]:
+    """XLA options for our jitted programs, chosen per backend by measurement.
+
+    On CPU, XLA's YNNPACK fusions slow the small-batch training step down (benchmarks/RESULTS.md:
+    im2col step 51 local steps/s with them off on a 2-core EPYC); they are switched off unless
+    the user set XLA_FLAGS themselves.
+    """
+    if jax.default_backend() != "cpu" or "ynn_fusion" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def build_target(cfg: Config):
+    """The paper's target for the dataset (the LeNet-like CNN for CIFAR, the 4-conv net for Omniglot)."""
+    return spec(cfg.dataset).target(cfg, conv_impl=resolve_conv_impl(cfg.conv_impl),
+                                    compute_dtype=cfg.compute_dtype)
+
+
+def build_algorithm(cfg: Config) -> PFedHN:
+    """The algorithm record for a config: target, hypernetwork and optimiser settings.
+
+    pFedHN-PC keeps the target's classifier head private (docs/reference.md §3).
+    """
+    target = build_target(cfg)
+    private = (target.head,) if cfg.algo == "pfedhn-pc" else ()
+    hnet = HyperNetwork(target, cfg.num_clients, cfg.embed_dim, cfg.hyper_hid, cfg.n_hidden, private)
+    return PFedHN(hnet, inner_steps=cfg.inner_steps, batch_size=cfg.batch_size, inner_lr=cfg.inner_lr,
+                  inner_wd=cfg.inner_wd, optim=cfg.optim, lr=cfg.hyper_lr, embed_lr=cfg.embed_lr, wd=cfg.wd,
+                  clients_per_step=cfg.clients_per_step, strategy=cfg.strategy, unroll=cfg.unroll)
+
+
+def load_data(cfg: Config) -> tuple[FederatedData, SplitSummary, dict]:
+    """Raw arrays -> the federated split of `cfg.seed` -> device arrays, plus a JSON-able description."""
+    data, splits, descs = load_group_data(cfg, [cfg.seed], stack=False)
+    return data, splits[0], descs[0]
+
+
+def load_group_data(cfg: Config, seeds: Sequence[int], stack: bool = True
+                    ) -> tuple[FederatedData, list[SplitSummary], list[dict]]:
+    """The source read once, one federated split per seed, device arrays, and each run's description.
+
+    stack: ClientIndex leaves get a leading run axis (R, N, L) (False: one seed, leaves (N, L)).
+    The images are stored once whatever the number of runs.
+    """
+    ds = spec(cfg.dataset)
+    raw, splits = ds.load(cfg, seeds)
+    descs = []
+    for split in splits:
+        counts = {k: [len(ix) for ix in getattr(split, k)] for k in ("train", "val", "test")}
+        desc = {"dataset": cfg.dataset, "label": ds.display_name(raw.sha256), "source": raw.source,
+                "sha256": raw.sha256, "client_counts": counts}
+        if split.assignment is not None:
+            desc["client_classes"] = split.assignment.classes.tolist()
+            desc["unassigned_train_fraction"] = 1 - sum(counts["train"]) / (len(raw.y_train) - cfg.val_size)
+        descs.append(desc)
+    return to_device(raw, ds.info(cfg), splits if stack else splits[0], cfg.batch_size), splits, descs

@@ -1,0 +1,391 @@
+"""The outer loop: a `Config` (and optionally several seeds) in, trained runs and results out.
+
+One program trains a group of R runs (R = 1, or one per seed of `--seeds`; `trainer.Trainer`).
+The host only decides cadence (evaluate, log, checkpoint) and keeps at most two outer steps in
+flight, so a stop request (SIGINT / SIGTERM) is honoured within one outer step. A single run
+writes `<out>/results.json`; a group writes `<out>/seed-<s>/results.json` (the same schema) and
+`<out>/summary.{json,md}`; either checkpoints to `<out>/checkpoints`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pfedhn_jax import results as rio
+from pfedhn_jax.algorithm import StepMetrics, TrainState
+from pfedhn_jax.builders import load_group_data
+from pfedhn_jax.checkpoint import Checkpointer
+from pfedhn_jax.config import Config, describe_differences, run_differences
+from pfedhn_jax.data.registry import spec, validate
+from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
+from pfedhn_jax.history import RunRecord, communication, render_group, summarize_group
+from pfedhn_jax.trainer import Trainer, padded_size, run_mesh
+
+
+def log(msg: str) -> None:
+    """Start-up and status lines go to stderr (stdout carries the final summary)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def is_eval_step(step: int, cfg: Config) -> bool:
+    """After `step` completed outer steps: the reference evaluates after steps 1, 1+k, 1+2k, ... and the last."""
+    return (step - 1) % cfg.eval_every == 0 or step == cfg.num_steps
+
+
+def check_finite(metrics: list[StepMetrics], first_step: int, seeds: list[int]) -> np.ndarray:
+    """Host check of buffered step metrics (leaves (R, C)); returns the losses (steps, R, C) of the
+    real runs, raises DivergenceError naming the step, seed and client."""
+    if not metrics:
+        return np.zeros((0, len(seeds), 0), np.float32)
+    r = len(seeds)
+    loss = np.stack([np.asarray(m.loss)[:r] for m in metrics])
+    norm = np.stack([np.asarray(m.delta_norm)[:r] for m in metrics])
+    bad = ~(np.isfinite(loss) & np.isfinite(norm))
+    if bad.any():
+        i, run, j = np.argwhere(bad)[0]
+        cid = int(np.asarray(metrics[i].client_ids)[run, j])
+        who = f"seed {seeds[run]}, client {cid}" if len(seeds) > 1 else f"client {cid}"
+        raise DivergenceError(f"training diverged at outer step {first_step + i + 1} ({who}): "
+                              f"loss={loss[i, run, j]}, |Δθ|={norm[i, run, j]}; lower --lr / --inner-lr")
+    return loss
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn SIGINT / SIGTERM into a request to stop at the next safe point (main thread only).
+
+    Yields a dict whose 'signal' is set to the signal's name once one arrives; a second SIGINT
+    interrupts at once (KeyboardInterrupt).
+    """
+    request: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+        log(f"\n{request['signal']} received: stopping at the next safe point (press Ctrl-C again to abort at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _check_start(stop: dict, phase: str) -> None:
+    """Before training starts nothing needs saving: a stop request ends the run here."""
+    if stop["signal"] is not None:
+        raise Interrupted(stop["signal"], f"interrupted by {stop['signal']} during start-up ({phase}); "
+                                          "nothing was written")
+
+
+@dataclasses.dataclass
+class Group:
+    """The host side of a group of runs: configs, output folders, records, buffered step metrics."""
+
+    cfg: Config                      # the group's config (its seed is the first run's)
+    seeds: list[int]                 # the real runs; the program may carry padding runs after them
+    out: Path | None                 # --out: checkpoints (and summary for several seeds)
+    run_dirs: list[Path | None]      # where each run's results.json goes
+    records: list[RunRecord] = dataclasses.field(default_factory=list)
+    pending: list[StepMetrics] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_group(self) -> bool:
+        return len(self.run_dirs) > 1 or (self.out is not None and self.run_dirs[0] != self.out)
+
+    def run_config(self, r: int) -> Config:
+        d = self.run_dirs[r]
+        return dataclasses.replace(self.cfg, seed=self.seeds[r], out=None if d is None else str(d))
+
+    def host(self) -> dict:
+        """The JSON record saved beside the arrays of a checkpoint."""
+        return {"config": self.cfg.to_dict(), "seeds": self.seeds, "runs": [r.host() for r in self.records],
+                "pending": {f: [np.asarray(getattr(x, f)).tolist() for x in self.pending]
+                            for f in StepMetrics._fields}}
+
+    def restore_host(self, host: dict) -> None:
+        self.records = [RunRecord.from_host(self.run_config(r), h) for r, h in enumerate(host["runs"])]
+        p = host["pending"]
+        self.pending = [StepMetrics(np.asarray(i, np.int32), np.asarray(l, np.float32), np.asarray(d, np.float32))
+                        for i, l, d in zip(p["client_ids"], p["loss"], p["delta_norm"])]
+
+    def write(self, status: str) -> None:
+        for rec, d in zip(self.records, self.run_dirs):
+            rec.results["status"] = status
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+                rio.write_json(d / "results.json", rec.results)
+        if self.is_group and self.out is not None:
+            summary = summarize_group(self.seeds, self.records, status)
+            rio.write_json(self.out / "summary.json", summary)
+            rio.write_text(self.out / "summary.md", render_group(summary))
+
+
+def _open_checkpoints(group: Group, template: TrainState) -> tuple[Checkpointer | None, TrainState, bool]:
+    """The group's checkpointer and, if --out holds a checkpoint of the same runs, the restored state.
+
+    A larger --num-steps extends a finished or unfinished run (no schedule depends on the total),
+    recorded in each run's results["extended"]. Returns (checkpointer, state, resumed).
+    """
+    cfg, out = group.cfg, group.out
+    if out is None:
+        return None, template, False
+    ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
+    if ckpt.latest_step() is None:
+        return ckpt, template, False
+    saved = ckpt.host_config()
+    diff = run_differences(saved["config"], cfg)
+    steps = diff.pop("num_steps", None)
+    if saved.get("seeds", group.seeds) != group.seeds:
+        diff["seeds"] = (saved["seeds"], group.seeds)
+    if diff:
+        raise UserError(f"--out: {out} holds a checkpoint of a different config: {describe_differences(diff)}; "
+                        "rerun with the checkpoint's values to resume, choose a new --out, or pass --overwrite")
+    if steps is not None and ckpt.latest_step() > cfg.num_steps:
+        raise UserError(f"--num-steps: {out} holds a checkpoint of step {ckpt.latest_step()}, beyond "
+                        f"--num-steps {cfg.num_steps}; pass at least {ckpt.latest_step()}")
+    state, host = ckpt.restore(template)
+    group.restore_host(host)
+    if steps is not None:
+        for rec in group.records:
+            rec.results.setdefault("extended", []).append(
+                {"from_num_steps": steps[0], "to_num_steps": steps[1], "at_step": int(state.step[0])})
+            rec.results["config"] = rec.cfg.to_dict()
+    return ckpt, state, True
+
+
+def finished_results(group: Group) -> list[dict] | None:
+    """The results of every run when --out holds a finished group of exactly this config, else None."""
+    if group.out is None or group.cfg.overwrite:
+        return None
+    found = []
+    for r, d in enumerate(group.run_dirs):
+        res = rio.read_json(d / "results.json")
+        if not (res and res.get("status") == "finished" and (res.get("final") or {}).get("step") == group.cfg.num_steps
+                and not run_differences(res.get("config", {}), group.run_config(r))):
+            return None
+        found.append(res)
+    return found
+
+
+def _all_finite(tree) -> bool:
+    return bool(jax.jit(lambda t: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(t)])))(tree))
+
+
+def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensorboard: bool = False,
+          client_order: np.ndarray | None = None, init_state=None) -> dict:
+    """Run (or resume, or extend) one training run; returns its results dict (the schema of
+    `<out>/results.json`) with the final TrainState under "state" (absent for a finished run).
+
+    With --out, checkpoints go to `<out>/checkpoints` every `checkpoint_every` steps, at the end
+    and on SIGINT / SIGTERM (then `Interrupted` is raised); a folder holding a checkpoint of the
+    same config is resumed, and the resumed run's numbers equal an uninterrupted run's bit for bit.
+    A non-finite loss or update raises DivergenceError and never reaches a checkpoint.
+    `stop_at`: checkpoint and return after that outer step (status "paused").
+    `tensorboard`: also write the curves to `<out>/tensorboard` (needs tensorboardX).
+    `client_order`: (num_steps, C) clients to train at each step instead of sampling them (replay).
+    `init_state`: a function TrainState -> TrainState applied to the fresh initial state (replay).
+    """
+    out = Path(cfg.out) if cfg.out is not None else None
+    res = _train(Group(cfg, [cfg.seed], out, [out]), progress, stop_at, tensorboard, client_order, init_state)
+    return res[0]
+
+
+def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: int | None = None,
+                tensorboard: bool = False) -> dict:
+    """Train one run per seed in one program (a leading run axis, sharded over the devices).
+
+    Each seed's run equals a separate `train(replace(cfg, seed=s))` (same split, initialisation,
+    client and batch draws) and writes `<out>/seed-<s>/results.json`; `<out>/summary.json` and
+    `summary.md` hold the mean ± std over seeds. Returns {"runs": [results per seed], "summary":
+    ..., "state": the stacked TrainState (leading axis: runs, padding runs included)}.
+    """
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise UserError(f"--seeds: give distinct seeds, got {seeds}")
+    out = Path(cfg.out) if cfg.out is not None else None
+    dirs = [out / f"seed-{s}" if out is not None else None for s in seeds]
+    group = Group(dataclasses.replace(cfg, seed=seeds[0]), list(seeds), out, dirs)
+    runs = _train(group, progress, stop_at, tensorboard, None, None)
+    state = runs[0].pop("state", None)
+    for r in runs[1:]:
+        r.pop("state", None)
+    return {"runs": runs, "summary": summarize_group(group.seeds, group.records, runs[0]["status"])
+            if group.records else rio.read_json(out / "summary.json"), "state": state}
+
+
+def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
+           client_order: np.ndarray | None, init_state) -> list[dict]:
+    cfg = validate(group.cfg)
+    why = spec(cfg.dataset).missing(cfg)
+    if why:
+        raise DataError(why)
+    if tensorboard and group.out is None:
+        raise UserError("--tensorboard: needs --out (the event files go to <out>/tensorboard)")
+    if tensorboard:
+        rio.tensorboard_writer()
+    rio.prepare_output_dir(cfg.out, cfg.overwrite, cfg.resume)
+    if group.is_group and cfg.overwrite and group.out is not None:
+        for d in group.run_dirs:
+            rio.prepare_output_dir(str(d), True, False)
+        for name in ("summary.json", "summary.md"):
+            (group.out / name).unlink(missing_ok=True)
+    done = finished_results(group)
+    if done is not None:
+        log(f"{group.out} holds a finished run of this config: results in "
+            f"{group.out / ('summary.json' if group.is_group else 'results.json')}")
+        return done
+    with stop_requests() as stop:
+        t0 = time.perf_counter()
+        r = len(group.seeds)
+        devices = jax.devices()
+        padded = padded_size(r, len(devices)) if r > 1 else 1
+        seeds = group.seeds + [group.seeds[-1]] * (padded - r)
+        log(f"loading {cfg.dataset} and building the federated split ({cfg.num_clients} clients, "
+            f"seed{'s' if r > 1 else ''} {', '.join(map(str, group.seeds))})")
+        data, _, descs = load_group_data(cfg, seeds)
+        _check_start(stop, "loading data")
+        trainer = Trainer(cfg, data, padded, run_mesh(padded) if r > 1 else None)
+        if r > 1:
+            log(f"{r} runs in one program on {len(devices)} device(s)"
+                + (f" (+{padded - r} padding run(s) to fill them)" if padded > r else ""))
+        state = trainer.init(seeds)
+        if init_state is not None:
+            state = jax.tree.map(lambda a: a[None], init_state(jax.tree.map(lambda a: a[0], state)))
+        ckpt, state, resumed = _open_checkpoints(group, state)
+        log(f"compiling the outer step and the evaluation on {jax.default_backend()}")
+        compile_s = trainer.compile(state, with_client_ids=client_order is not None)
+        log(f"compiled in {compile_s:.1f} s")
+        _check_start(stop, "compiling")
+        comm = communication(trainer.alg, cfg)
+        if not resumed:
+            env = rio.environment()
+            group.records = [RunRecord(group.run_config(i), {
+                "config": group.run_config(i).to_dict(), "data": descs[i], "environment": env,
+                "algorithm": {"hyper_lr": cfg.hyper_lr, "embed_dim": trainer.alg.hnet.embedding_dim,
+                              "conv_impl": getattr(trainer.alg.target, "conv_impl", None)},
+                "group": {"seeds": group.seeds, "padded_runs": padded, "devices": len(devices)} if r > 1 else None,
+                "communication": comm, "compile_s": compile_s, "status": "running", "curves": [], "best": None},
+                wall_s=time.perf_counter() - t0) for i in range(r)]
+        else:
+            for rec, desc in zip(group.records, descs):
+                if rec.results["data"].get("sha256") != desc.get("sha256"):
+                    raise DataError(f"{desc['source']}: checksum {desc['sha256']} differs from the one the checkpoint "
+                                    f"was trained on ({rec.results['data'].get('sha256')}); restore that file, or "
+                                    "start a new run in a new --out")
+                rec.results.setdefault("resumed", []).append({"at_step": int(state.step[0]), "compile_s": compile_s})
+                rec.results["communication"] = comm
+        if group.out is not None:
+            group.out.mkdir(parents=True, exist_ok=True)
+        return _loop(group, trainer, state, ckpt, stop, progress, stop_at, tensorboard, client_order)
+
+
+def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer | None, stop: dict,
+          progress: bool, stop_at: int | None, tensorboard: bool, client_order: np.ndarray | None) -> list[dict]:
+    cfg = group.cfg
+    step = int(state.step[0])
+    writers = [rio.open_tensorboard(d) for d in group.run_dirs] if tensorboard else []
+
+    def checkpoint() -> None:
+        if ckpt is None or ckpt.latest_step() == step:
+            return
+        check_finite(group.pending, step - len(group.pending), group.seeds)
+        if not _all_finite(state.server.params):
+            raise DivergenceError(f"training diverged by outer step {step}: non-finite hypernetwork "
+                                  "parameters; lower --lr")
+        ckpt.save(step, state, group.host())
+
+    def add_time(seconds: float) -> None:
+        for rec in group.records:
+            rec.train_s += seconds
+
+    bar = _progress_bar(cfg.num_steps, progress, initial=step)
+    try:
+        t_seg = time.perf_counter()
+        last = cfg.num_steps if stop_at is None else min(stop_at, cfg.num_steps)
+        previous = None
+        while step < last and stop["signal"] is None:
+            ids = None if client_order is None else client_order[step][None]
+            state, metrics = trainer.step(state, ids)
+            if previous is not None:  # at most two steps in flight: a stop is honoured within one step
+                jax.block_until_ready(previous)
+            previous = metrics
+            group.pending.append(metrics)
+            step += 1
+            bar.update(1)
+            if is_eval_step(step, cfg):
+                losses = check_finite(group.pending, step - len(group.pending), group.seeds)
+                jax.block_until_ready(state)
+                add_time(time.perf_counter() - t_seg)
+                _evaluate(group, trainer, state, step, losses, writers, bar)
+                group.pending = []
+                group.write("running")
+                t_seg = time.perf_counter()
+            if step == last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                jax.block_until_ready(state)
+                add_time(time.perf_counter() - t_seg)
+                checkpoint()
+                t_seg = time.perf_counter()
+        if stop["signal"] is not None and step < cfg.num_steps:
+            jax.block_until_ready(state)
+            checkpoint()
+            group.write("interrupted")
+            where = (f"checkpoint of step {step} saved in {ckpt.directory}; rerun the same command "
+                     f"(or add --resume) to continue" if ckpt else "nothing saved: pass --out to make runs resumable")
+            raise Interrupted(stop["signal"], f"interrupted by {stop['signal']} after outer step {step}; {where}")
+    except DivergenceError as e:
+        for rec in group.records:
+            rec.results["error"] = str(e)
+        group.write("diverged")
+        raise
+    finally:
+        bar.close()
+        for w in writers:
+            w.close()
+        if ckpt is not None:
+            ckpt.close()
+    status = "paused" if step < cfg.num_steps else "finished"
+    group.write(status)
+    if status == "finished":
+        for rec, d in zip(group.records, group.run_dirs):
+            if d is not None:
+                rio.plot_run(rec.results, d / "curves.png")
+    single = jax.tree.map(lambda a: a[0], state) if len(group.run_dirs) == 1 and not group.is_group else state
+    return [{**rec.results, "state": single} if i == 0 else dict(rec.results) for i, rec in enumerate(group.records)]
+
+
+def _evaluate(group: Group, trainer: Trainer, state: TrainState, step: int, losses: np.ndarray, writers, bar) -> None:
+    """Evaluate every client of every run on val and test; record the curve points."""
+    t_eval = time.perf_counter()
+    summaries = trainer.evaluate(state)
+    eval_s = time.perf_counter() - t_eval
+    for r, rec in enumerate(group.records):
+        val, test = summaries[r]
+        point = rec.add_evaluation(step, float(losses[:, r].mean()), val, test, eval_s)
+        if writers:
+            rio.log_scalars(writers[r], point, step)
+    recs = group.records
+    mean = lambda f: f"{np.mean([f(rec) for rec in recs]):.4f}"
+    bar.set_postfix(val=mean(lambda rec: rec.results["final"]["val"]["acc"]),
+                    test=mean(lambda rec: rec.results["final"]["test"]["acc"]),
+                    test_at_best_val=mean(lambda rec: rec.tracker.test_acc))
+
+
+def _progress_bar(total: int, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                mininterval=1.0)

@@ -1,0 +1,123 @@
+"""The compiled programs of a group of R runs: one outer step of every run, every run's evaluation.
+
+The runs of a group share the algorithm and the images and differ in their seed (split, initial
+weights, client and batch draws): the state and the per-client index arrays carry a leading run
+axis, which `vmap` batches and a 1-D device mesh (axis 'runs') shards, so R seeds train in one
+program on every device. A group of one runs the plain program (`PFedHN.step` on unbatched
+leaves), so a single run is exactly the library's step; tests check that R runs in one program
+give the numbers of R single runs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pfedhn_jax import evaluate
+from pfedhn_jax.algorithm import StepMetrics, TrainState
+from pfedhn_jax.builders import build_algorithm, compiler_options
+from pfedhn_jax.config import Config
+from pfedhn_jax.data.federated import FederatedData
+
+# vmap axes of FederatedData in a group: images shared, per-client index arrays per run
+DATA_RUN_AXES = FederatedData(None, None, None, None, 0, 0, 0)
+
+
+def run_mesh(num_runs: int, devices: list | None = None) -> Mesh | None:
+    """A 1-D mesh ('runs') over the devices (all processes'), or None for a single device.
+
+    `num_runs` must divide by the device count (pad the group first, `padded_size`).
+    """
+    devices = jax.devices() if devices is None else devices
+    if len(devices) == 1:
+        return None
+    if num_runs % len(devices):
+        raise ValueError(f"{num_runs} runs do not divide over {len(devices)} devices; pad the group")
+    return Mesh(np.array(devices), ("runs",))
+
+
+def padded_size(num_runs: int, num_devices: int) -> int:
+    """Runs needed to fill every device evenly (the extra runs repeat the last one and are discarded)."""
+    return -(-num_runs // num_devices) * num_devices
+
+
+class Trainer:
+    """Compiled step and evaluation for `num_runs` runs of one config's algorithm.
+
+    data: FederatedData whose ClientIndex leaves have a leading run axis (R, N, L).
+    States passed in and out have a leading run axis R on every leaf.
+    """
+
+    def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None):
+        self.cfg, self.num_runs, self.mesh = cfg, num_runs, mesh
+        self.alg = build_algorithm(cfg)
+        alg, n = self.alg, cfg.num_clients
+        clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU
+
+        def evaluate_run(state: TrainState, data: FederatedData):
+            params = alg.personal_params(state, jnp.arange(n))
+            return tuple(evaluate.evaluate_clients(alg.target.apply, params, data, split, clients_per_batch)
+                         for split in (data.val, data.test))
+
+        if num_runs == 1:  # the plain program: squeeze the run axis in, expand it out
+            squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
+            expand = lambda t: jax.tree.map(lambda a: a[None], t)
+            one = lambda data: data._replace(**{k: squeeze(getattr(data, k)) for k in ("train", "val", "test")})
+            step = lambda data, state, ids: expand(alg.step(one(data), squeeze(state), None if ids is None else ids[0]))
+            ev = lambda state, data: expand(evaluate_run(squeeze(state), one(data)))
+        else:
+            step = jax.vmap(alg.step, in_axes=(DATA_RUN_AXES, 0, 0))
+            ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
+        self.data = self._place(data)
+        opts = compiler_options()
+        self._step = jax.jit(step, compiler_options=opts)
+        self._step_ids = None
+        self._eval = jax.jit(ev, compiler_options=opts)
+        self._init = jax.jit(jax.vmap(alg.init))
+
+    def _place(self, data: FederatedData) -> FederatedData:
+        """Images replicated, per-run index arrays sharded over the 'runs' axis (with a mesh)."""
+        if self.mesh is None:
+            return data
+        rep, runs = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("runs"))
+        return jax.device_put(data, FederatedData(rep, rep, rep, rep, runs, runs, runs))
+
+    def shard(self, tree):
+        """Put a pytree with a leading run axis on the mesh, one slice of runs per device."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P("runs")))
+
+    def init(self, seeds: list[int]) -> TrainState:
+        """Initial states of the runs, one per seed (each equal to `alg.init(jax.random.key(seed))`)."""
+        keys = jax.random.wrap_key_data(np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds]))
+        return self.shard(self._init(keys))
+
+    def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
+        """Compile the step and the evaluation ahead of time; returns seconds spent."""
+        t0 = time.perf_counter()
+        ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
+        compiled = self._step.lower(self.data, state, ids).compile()
+        if with_client_ids:
+            self._step_ids = compiled
+            self._step = self._step.lower(self.data, state, None).compile()
+        else:
+            self._step = compiled
+        self._eval = self._eval.lower(state, self.data).compile()
+        return time.perf_counter() - t0
+
+    def step(self, state: TrainState, client_ids: np.ndarray | None = None) -> tuple[TrainState, StepMetrics]:
+        """One outer step of every run; client_ids (R, C) replays given clients instead of sampling."""
+        if client_ids is None:
+            return self._step(self.data, state, None)
+        return self._step_ids(self.data, state, jnp.asarray(client_ids, jnp.int32))
+
+    def evaluate(self, state: TrainState) -> list[tuple[dict, dict]]:
+        """(val, test) summaries of every run (`evaluate.summarize`), in run order."""
+        val, test = jax.device_get(self._eval(state, self.data))
+        pick = lambda m, r: jax.tree.map(lambda a: a[r], m)
+        return [(evaluate.summarize(pick(val, r)), evaluate.summarize(pick(test, r))) for r in range(self.num_runs)]

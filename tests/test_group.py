@@ -1,0 +1,137 @@
+"""Several runs in one program: S seeds equal S single runs, on 1 device and on forced host CPU devices
+(padding runs when S does not divide), resume of a group, and a diverging seed named."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pfedhn_jax.config import Config
+from pfedhn_jax.loop import train, train_seeds
+
+SEEDS = [5, 6, 7]
+
+
+def write_cifar_like(path, n_train=1200, n_test=400, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 32, 32, 3), np.uint8),
+             y_train=rng.integers(0, 10, n_train), x_test=rng.integers(0, 256, (n_test, 32, 32, 3), np.uint8),
+             y_test=rng.integers(0, 10, n_test))
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_cifar_like(d / "cifar10.npz")
+    return d
+
+
+def tiny(data_dir, out, **kw) -> Config:
+    base = dict(data_dir=str(data_dir), out=None if out is None else str(out), num_clients=4, val_size=200,
+                num_steps=6, inner_steps=2, batch_size=8, eval_every=3, n_kernels=2, hyper_hid=8, n_hidden=1,
+                checkpoint_every=0, algo="pfedhn-pc")
+    return Config(**{**base, **kw})
+
+
+def points(res):
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in res["curves"]]
+
+
+@pytest.fixture(scope="module")
+def singles(fake_dir):
+    """Each seed trained alone: the reference numbers."""
+    return {s: train(tiny(fake_dir, None, seed=s), progress=False) for s in SEEDS}
+
+
+def assert_group_equals_singles(group_runs, group_state, singles):
+    for r, s in enumerate(SEEDS):
+        res = group_runs[r]
+        assert res["config"]["seed"] == s
+        for a, b in zip(points(res), points(singles[s])):
+            assert a.keys() == b.keys() and a["step"] == b["step"]
+            for k in ("val_acc", "test_acc"):  # pooled accuracies: counts, equal unless an argmax flips
+                assert a[k] == pytest.approx(b[k], abs=1e-6), (s, k)
+            for k in ("train_loss", "val_loss", "test_loss"):  # float sums in another order: rounding
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (s, k)
+        assert res["best"]["best_step"] == singles[s]["best"]["best_step"]
+        mine = jax.tree.map(lambda a: np.asarray(a)[r], group_state.server.params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), mine,
+                     jax.device_get(singles[s]["state"].server.params))
+
+
+def test_seeds_in_one_program_equal_single_runs(fake_dir, tmp_path, singles):
+    out = tmp_path / "g"
+    g = train_seeds(tiny(fake_dir, out), SEEDS, progress=False)
+    assert_group_equals_singles(g["runs"], g["state"], singles)
+    for s in SEEDS:
+        on_disk = json.loads((out / f"seed-{s}" / "results.json").read_text())
+        assert on_disk["status"] == "finished" and on_disk["config"]["seed"] == s
+        assert set(on_disk) >= {"config", "data", "curves", "best", "final", "communication"}
+    summary = json.loads((out / "summary.json").read_text())
+    accs = [singles[s]["best"]["test_acc"] for s in SEEDS]
+    assert summary["seeds"] == SEEDS and summary["mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert summary["std"] == pytest.approx(np.std(accs), abs=1e-6)
+    assert "Mean ± std" in (out / "summary.md").read_text()
+
+
+def test_group_resumes_bit_identically(fake_dir, tmp_path):
+    cfg = tiny(fake_dir, tmp_path / "a", num_steps=8, checkpoint_every=4)
+    straight = train_seeds(cfg, SEEDS[:2], progress=False)
+    half = tiny(fake_dir, tmp_path / "b", num_steps=8, checkpoint_every=4)
+    assert train_seeds(half, SEEDS[:2], progress=False, stop_at=4)["runs"][0]["status"] == "paused"
+    resumed = train_seeds(half, SEEDS[:2], progress=False)
+    assert [points(r) for r in resumed["runs"]] == [points(r) for r in straight["runs"]]
+    jax.tree.map(np.testing.assert_array_equal, jax.random.key_data(resumed["state"].key),
+                 jax.random.key_data(straight["state"].key))
+    jax.tree.map(np.testing.assert_array_equal, resumed["state"].server.params, straight["state"].server.params)
+
+
+def test_diverging_seed_stops_the_group_naming_it(fake_dir, tmp_path):
+    from pfedhn_jax.errors import DivergenceError
+    cfg = tiny(fake_dir, tmp_path / "d", inner_lr=1e6, lr=1e6, num_steps=20, eval_every=1)
+    with pytest.raises(DivergenceError, match=r"seed \d+, client \d+"):
+        train_seeds(cfg, SEEDS[:2], progress=False)
+    assert json.loads((tmp_path / "d" / f"seed-{SEEDS[0]}" / "results.json").read_text())["status"] == "diverged"
+
+
+DEVICES_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from pfedhn_jax.config import Config
+from pfedhn_jax.loop import train_seeds
+cfg = Config(**json.loads(sys.argv[1]))
+g = train_seeds(cfg, json.loads(sys.argv[2]), progress=False)
+params = jax.device_get(g["state"].server.params)
+np.savez(sys.argv[3], **{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
+print(json.dumps({"devices": len(jax.devices()), "curves": [r["curves"] for r in g["runs"]],
+                  "padded": g["runs"][0]["group"]["padded_runs"]}))
+"""
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, devices):
+    cfg = dataclasses.asdict(tiny(fake_dir, tmp_path / "out"))
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg), json.dumps(SEEDS),
+                        str(tmp_path / "params.npz")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["devices"] == devices and got["padded"] == devices  # 3 seeds padded to fill every device
+    for r, s in enumerate(SEEDS):
+        for a, b in zip(got["curves"][r], points(singles[s])):
+            for k in ("val_acc", "test_acc"):
+                assert a[k] == pytest.approx(b[k], abs=1e-6), (devices, s, k)
+            for k in ("train_loss", "val_loss", "test_loss"):
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (devices, s, k)
+    leaves = np.load(tmp_path / "params.npz")
+    for r, s in enumerate(SEEDS):
+        for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
+            np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6)

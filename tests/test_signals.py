@@ -1,0 +1,78 @@
+"""Ctrl-C / SIGTERM at any moment end scripts/train.py with one line and exit 130 / 143: during data
+loading, during compilation (nothing written) and during training (a resumable checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ["--num-clients", "4", "--val-size", "200", "--inner-steps", "2", "--batch-size", "8", "--n-kernels", "2",
+        "--hyper-hid", "8", "--n-hidden", "1", "--checkpoint-every", "0", "--no-progress"]
+
+
+def start(data_dir, out, *extra):
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--data-dir", str(data_dir), "--out", str(out),
+           *TINY, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_for_line(proc, prefix: str, timeout: float = 120) -> list[str]:
+    """Read stderr until a line starting with `prefix`; returns the lines read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        assert line, f"process ended before '{prefix}': {lines}"
+        lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"no '{prefix}' within {timeout} s: {lines}")
+
+
+@pytest.mark.parametrize("phase,prefix,sig", [
+    ("loading data", "loading", signal.SIGINT),
+    ("compiling", "compiling", signal.SIGTERM),
+])
+def test_signal_during_start_up_ends_cleanly(data_dir, tmp_path, phase, prefix, sig):
+    out = tmp_path / "run"
+    proc = start(data_dir, out, "--num-steps", "50")
+    try:
+        seen = wait_for_line(proc, prefix)
+        proc.send_signal(sig)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    err = [line for line in seen + rest.splitlines() if line.strip()]
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
+    assert "Traceback" not in rest and "Segmentation" not in rest
+    final = [line for line in err if line.startswith(("stopped:", "error:"))]
+    assert len(final) == 1 and f"during start-up ({phase})" in final[0] and "nothing was written" in final[0], err
+    assert not out.exists() or not any(out.iterdir())  # no half-written output folder
+
+
+def test_sigterm_during_training_checkpoints_within_a_step(data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = start(data_dir, out, "--num-steps", "100000", "--eval-every", "5")
+    try:
+        deadline = time.time() + 180
+        while not (out / "results.json").is_file():  # written at the first evaluation: training
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+        latency = time.perf_counter() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and "checkpoint of step" in stopped[0] and "Traceback" not in err
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "interrupted"
+    assert latency < 30, latency  # one tiny outer step plus a checkpoint write, with a wide margin
