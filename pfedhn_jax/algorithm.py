@@ -22,7 +22,6 @@ from pfedhn_jax.data.federated import FederatedData, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, merge_params, split_params
 from pfedhn_jax.targets import Params
 
-_THETA = "__generated__"  # wraps θ inside `client.local_update`'s top-level merge (see `_local_apply`)
 
 
 class ClientState(NamedTuple):
@@ -97,15 +96,6 @@ class PFedHN:
         theta = self.hnet.apply(state.server.params, client_ids)
         return merge_params(theta, jax.tree.map(lambda a: a[client_ids], state.clients.private))
 
-    def _local_apply(self, params: Params, x: jax.Array) -> jax.Array:
-        """`target.apply` on {_THETA: θ, **private}, the top-level merge `client.local_update` makes.
-
-        θ travels wrapped so that nested params merge with `merge_params` at any depth; the
-        wrapper changes neither leaves nor their order, so the numbers are those of {**θ, **private}.
-        """
-        params = dict(params)
-        return self.target.apply(merge_params(params.pop(_THETA), params), x)
-
     def step(self, data: FederatedData, state: TrainState,
              client_ids: jax.Array | None = None) -> tuple[TrainState, StepMetrics]:
         """One outer step (pure; jit it with `data` as an argument).
@@ -114,8 +104,6 @@ class PFedHN:
         them (to replay a reference run's client order). The PRNG key is split exactly as without
         it, so the batches and the next key do not depend on whether ids were given.
         """
-        if _THETA in state.clients.private:
-            raise ValueError(f"the private params may not have a top-level key {_THETA!r}")
         key, k_ids, k_local = jax.random.split(state.key, 3)
         if client_ids is None:
             ids = jax.random.choice(k_ids, self.hnet.num_clients, (self.clients_per_step,), replace=False)
@@ -129,9 +117,8 @@ class PFedHN:
 
         def one_client(cid, th, pr, pr_state, k):
             batch_fn = lambda kb: sample_batch(data, data.train, cid, kb, self.batch_size)
-            res = client.local_update(self._local_apply, {_THETA: th}, pr, pr_state, batch_fn, k,
-                                      self.inner_steps, theta_opt, private_opt, self.unroll)
-            return res._replace(theta=res.theta[_THETA])
+            return client.local_update(self.target.apply, th, pr, pr_state, batch_fn, k,
+                                       self.inner_steps, theta_opt, private_opt, self.unroll)
 
         res = client.run_clients(
             one_client, (ids, theta, gathered.private, gathered.opt_state,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pfedhn_jax.hypernet import merge_params
 from pfedhn_jax.targets import Params
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
@@ -61,7 +62,7 @@ def local_update(apply_fn: Callable[[Params, jax.Array], jax.Array],
                  unroll: int | bool = 1) -> LocalResult:
     """Run `num_steps` SGD steps from θ with a FRESH optimizer state (the reference's behaviour).
 
-    apply_fn(params, x) -> logits on the merged params {**theta, **private}.
+    apply_fn(params, x) -> logits on the merged params `merge_params(theta, private)`.
     batch_fn(key) -> (x, y, mask), a fresh random batch per step.
     theta_opt updates the generated weights (fresh state every round); private_opt the private
     layers, whose state `private_opt_state` is carried in and out (pFedHN-PC's persisting head).
@@ -69,7 +70,7 @@ def local_update(apply_fn: Callable[[Params, jax.Array], jax.Array],
 
     def loss_fn(params, batch):
         x, y, mask = batch
-        return masked_cross_entropy(apply_fn({**params[0], **params[1]}, x), y, mask)
+        return masked_cross_entropy(apply_fn(merge_params(params[0], params[1]), x), y, mask)
 
     def step(carry, k):
         th, pr, s_th, s_pr = carry

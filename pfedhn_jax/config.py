@@ -49,6 +49,7 @@ class Config:
     image_size: int = 28               # Omniglot: side of the downsampled images
     n_train: int = 14                  # Omniglot: drawings per character for training
     n_val: int = 3                     # Omniglot: ... for validation (the rest, 3, for test)
+    split_file: str | None = None      # replay: per-client index lists dumped from a reference run
     # algorithm
     algo: str = "pfedhn"
     num_steps: int = 5000
@@ -65,6 +66,8 @@ class Config:
     n_hidden: int = 3
     n_kernels: int = 16
     clients_per_step: int = 1          # > 1 is a deviation: the reference uses 1
+    init_from: str | None = None       # replay: initial hypernetwork (and private heads) of a reference run
+    client_order: str | None = None    # replay: the client of every outer step of a reference run
     # evaluation and output
     eval_every: int = 30
     seed: int = 42
@@ -118,6 +121,9 @@ class Config:
                 raise UserError(f"--{flag}: must be >= 0, got {v}")
         if self.embed_dim != -1 and self.embed_dim < 1:
             raise UserError(f"--embed-dim: must be a positive integer or -1 (auto: int(1 + N/4)), got {self.embed_dim}")
+        if self.client_order is not None and self.clients_per_step != 1:
+            raise UserError(f"--client-order: replays one client per step (the reference's); drop "
+                            f"--clients-per-step {self.clients_per_step}")
         if self.clients_per_step > self.num_clients:
             raise UserError(f"--clients-per-step: {self.clients_per_step} exceeds --num-clients {self.num_clients}")
         return self

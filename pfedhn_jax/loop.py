@@ -27,6 +27,7 @@ from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config, describe_differences, run_differences
 from pfedhn_jax.data.registry import spec, validate
+from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 from pfedhn_jax.history import RunRecord, communication, render_group, summarize_group
 from pfedhn_jax.trainer import Trainer, padded_size, run_mesh
@@ -103,6 +104,7 @@ class Group:
     run_dirs: list[Path | None]      # where each run's results.json goes
     records: list[RunRecord] = dataclasses.field(default_factory=list)
     pending: list[StepMetrics] = dataclasses.field(default_factory=list)
+    step: int = 0                    # outer steps completed (kept on the host: the state may span hosts)
 
     @property
     def is_group(self) -> bool:
@@ -125,6 +127,9 @@ class Group:
                         for i, l, d in zip(p["client_ids"], p["loss"], p["delta_norm"])]
 
     def write(self, status: str) -> None:
+        """results.json of every run (and the group summary); only process 0 writes."""
+        if not is_main():
+            return
         for rec, d in zip(self.records, self.run_dirs):
             rec.results["status"] = status
             if d is not None:
@@ -159,12 +164,13 @@ def _open_checkpoints(group: Group, template: TrainState) -> tuple[Checkpointer 
     if steps is not None and ckpt.latest_step() > cfg.num_steps:
         raise UserError(f"--num-steps: {out} holds a checkpoint of step {ckpt.latest_step()}, beyond "
                         f"--num-steps {cfg.num_steps}; pass at least {ckpt.latest_step()}")
-    state, host = ckpt.restore(template)
+    group.step = ckpt.latest_step()
+    state, host = ckpt.restore(template, group.step)
     group.restore_host(host)
     if steps is not None:
         for rec in group.records:
             rec.results.setdefault("extended", []).append(
-                {"from_num_steps": steps[0], "to_num_steps": steps[1], "at_step": int(state.step[0])})
+                {"from_num_steps": steps[0], "to_num_steps": steps[1], "at_step": group.step})
             rec.results["config"] = rec.cfg.to_dict()
     return ckpt, state, True
 
@@ -187,8 +193,7 @@ def _all_finite(tree) -> bool:
     return bool(jax.jit(lambda t: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(t)])))(tree))
 
 
-def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensorboard: bool = False,
-          client_order: np.ndarray | None = None, init_state=None) -> dict:
+def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensorboard: bool = False) -> dict:
     """Run (or resume, or extend) one training run; returns its results dict (the schema of
     `<out>/results.json`) with the final TrainState under "state" (absent for a finished run).
 
@@ -198,12 +203,11 @@ def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensor
     A non-finite loss or update raises DivergenceError and never reaches a checkpoint.
     `stop_at`: checkpoint and return after that outer step (status "paused").
     `tensorboard`: also write the curves to `<out>/tensorboard` (needs tensorboardX).
-    `client_order`: (num_steps, C) clients to train at each step instead of sampling them (replay).
-    `init_state`: a function TrainState -> TrainState applied to the fresh initial state (replay).
+    Replay (cfg.split_file, cfg.init_from, cfg.client_order): a reference run's split, initial weights
+    and client sequence (data/replay.py); only the batch draws then differ.
     """
     out = Path(cfg.out) if cfg.out is not None else None
-    res = _train(Group(cfg, [cfg.seed], out, [out]), progress, stop_at, tensorboard, client_order, init_state)
-    return res[0]
+    return _train(Group(cfg, [cfg.seed], out, [out]), progress, stop_at, tensorboard)[0]
 
 
 def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: int | None = None,
@@ -217,10 +221,13 @@ def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: i
     """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"--seeds: give distinct seeds, got {seeds}")
+    replay = [f for f in ("split_file", "init_from", "client_order") if getattr(cfg, f) is not None]
+    if replay:
+        raise UserError(f"--{replay[0].replace('_', '-')}: replays one reference run; drop --seeds")
     out = Path(cfg.out) if cfg.out is not None else None
     dirs = [out / f"seed-{s}" if out is not None else None for s in seeds]
     group = Group(dataclasses.replace(cfg, seed=seeds[0]), list(seeds), out, dirs)
-    runs = _train(group, progress, stop_at, tensorboard, None, None)
+    runs = _train(group, progress, stop_at, tensorboard)
     state = runs[0].pop("state", None)
     for r in runs[1:]:
         r.pop("state", None)
@@ -228,8 +235,7 @@ def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: i
             if group.records else rio.read_json(out / "summary.json"), "state": state}
 
 
-def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
-           client_order: np.ndarray | None, init_state) -> list[dict]:
+def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool) -> list[dict]:
     cfg = validate(group.cfg)
     why = spec(cfg.dataset).missing(cfg)
     if why:
@@ -264,8 +270,14 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
             log(f"{r} runs in one program on {len(devices)} device(s)"
                 + (f" (+{padded - r} padding run(s) to fill them)" if padded > r else ""))
         state = trainer.init(seeds)
-        if init_state is not None:
-            state = jax.tree.map(lambda a: a[None], init_state(jax.tree.map(lambda a: a[0], state)))
+        if cfg.init_from is not None:  # replay: the reference's initial weights
+            from pfedhn_jax.data.replay import load_initial_state
+            one = load_initial_state(cfg.init_from, trainer.alg, jax.tree.map(lambda a: a[0], state))
+            state = jax.tree.map(lambda a: a[None], one)
+        client_order = None
+        if cfg.client_order is not None:  # replay: the reference's client of every step, (T, R=1, C=1)
+            from pfedhn_jax.data.replay import load_client_order
+            client_order = load_client_order(cfg.client_order, cfg.num_clients, cfg.num_steps)[:, None, None]
         ckpt, state, resumed = _open_checkpoints(group, state)
         log(f"compiling the outer step and the evaluation on {jax.default_backend()}")
         compile_s = trainer.compile(state, with_client_ids=client_order is not None)
@@ -287,9 +299,9 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
                     raise DataError(f"{desc['source']}: checksum {desc['sha256']} differs from the one the checkpoint "
                                     f"was trained on ({rec.results['data'].get('sha256')}); restore that file, or "
                                     "start a new run in a new --out")
-                rec.results.setdefault("resumed", []).append({"at_step": int(state.step[0]), "compile_s": compile_s})
+                rec.results.setdefault("resumed", []).append({"at_step": group.step, "compile_s": compile_s})
                 rec.results["communication"] = comm
-        if group.out is not None:
+        if group.out is not None and is_main():
             group.out.mkdir(parents=True, exist_ok=True)
         return _loop(group, trainer, state, ckpt, stop, progress, stop_at, tensorboard, client_order)
 
@@ -297,8 +309,8 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
 def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer | None, stop: dict,
           progress: bool, stop_at: int | None, tensorboard: bool, client_order: np.ndarray | None) -> list[dict]:
     cfg = group.cfg
-    step = int(state.step[0])
-    writers = [rio.open_tensorboard(d) for d in group.run_dirs] if tensorboard else []
+    step = group.step
+    writers = [rio.open_tensorboard(d) for d in group.run_dirs] if tensorboard and is_main() else []
 
     def checkpoint() -> None:
         if ckpt is None or ckpt.latest_step() == step:
@@ -319,13 +331,13 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
         last = cfg.num_steps if stop_at is None else min(stop_at, cfg.num_steps)
         previous = None
         while step < last and stop["signal"] is None:
-            ids = None if client_order is None else client_order[step][None]
+            ids = None if client_order is None else client_order[step]
             state, metrics = trainer.step(state, ids)
             if previous is not None:  # at most two steps in flight: a stop is honoured within one step
                 jax.block_until_ready(previous)
             previous = metrics
             group.pending.append(metrics)
-            step += 1
+            step = group.step = step + 1
             bar.update(1)
             if is_eval_step(step, cfg):
                 losses = check_finite(group.pending, step - len(group.pending), group.seeds)
@@ -360,7 +372,7 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
             ckpt.close()
     status = "paused" if step < cfg.num_steps else "finished"
     group.write(status)
-    if status == "finished":
+    if status == "finished" and is_main():
         for rec, d in zip(group.records, group.run_dirs):
             if d is not None:
                 rio.plot_run(rec.results, d / "curves.png")

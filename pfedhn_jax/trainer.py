@@ -74,28 +74,31 @@ class Trainer:
             ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
         self.data = self._place(data)
         opts = compiler_options()
-        self._step = jax.jit(step, compiler_options=opts)
+        # with a mesh: states stay sharded over 'runs'; metrics and evaluations come back replicated,
+        # so every process (of a multi-host job) can read them
+        runs, rep = (None, None) if mesh is None else (NamedSharding(mesh, P("runs")), NamedSharding(mesh, P()))
+        self._step = jax.jit(step, compiler_options=opts, out_shardings=None if mesh is None else (runs, rep))
         self._step_ids = None
-        self._eval = jax.jit(ev, compiler_options=opts)
-        self._init = jax.jit(jax.vmap(alg.init))
+        self._eval = jax.jit(ev, compiler_options=opts, out_shardings=rep)
+        self._init = jax.jit(lambda key_data: jax.vmap(alg.init)(jax.random.wrap_key_data(key_data)),
+                             out_shardings=runs)
 
     def _place(self, data: FederatedData) -> FederatedData:
-        """Images replicated, per-run index arrays sharded over the 'runs' axis (with a mesh)."""
+        """Images replicated, per-run index arrays sharded over the 'runs' axis (with a mesh).
+
+        Built from host copies with `make_array_from_callback`, so it also works when the mesh
+        spans several processes (each holds the same host data and fills its own devices).
+        """
         if self.mesh is None:
             return data
         rep, runs = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("runs"))
-        return jax.device_put(data, FederatedData(rep, rep, rep, rep, runs, runs, runs))
-
-    def shard(self, tree):
-        """Put a pytree with a leading run axis on the mesh, one slice of runs per device."""
-        if self.mesh is None:
-            return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, P("runs")))
+        place = lambda a, s: (lambda h: jax.make_array_from_callback(h.shape, s, lambda i: h[i]))(np.asarray(a))
+        return jax.tree.map(place, data, FederatedData(rep, rep, rep, rep, runs, runs, runs))
 
     def init(self, seeds: list[int]) -> TrainState:
         """Initial states of the runs, one per seed (each equal to `alg.init(jax.random.key(seed))`)."""
-        keys = jax.random.wrap_key_data(np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds]))
-        return self.shard(self._init(keys))
+        key_data = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
+        return self._init(key_data)
 
     def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
         """Compile the step and the evaluation ahead of time; returns seconds spent."""

@@ -41,6 +41,8 @@ HELP = {
     "image_size": ("data", "Omniglot only: side of the downsampled images, 16..105 (default: {default})"),
     "n_train": ("data", "Omniglot only: drawings per character for training (default: {default})"),
     "n_val": ("data", "Omniglot only: drawings per character for validation; the rest test (default: {default})"),
+    "split_file": ("data", "replay: per-client train/val/test indices from a reference run's dump "
+                           "(split/{train,val,test}/<client>; CIFAR only)"),
     "algo": ("algorithm", "pfedhn, or pfedhn-pc (a private classifier head per client) (default: {default})"),
     "num_steps": ("algorithm", "outer steps (rounds) (default: {default})"),
     "inner_steps": ("algorithm", "local SGD steps per client per round (default: {default})"),
@@ -57,6 +59,9 @@ HELP = {
     "n_kernels": ("algorithm", "CIFAR target: kernels of the first conv (the second has twice) (default: {default})"),
     "clients_per_step": ("algorithm", "clients per outer step, VJPs averaged; the reference uses 1, more is a "
                                       "deviation (default: {default})"),
+    "init_from": ("algorithm", "replay: the initial hypernetwork (hnet/*) and private heads (local/<client>/*) "
+                               "of a reference run's dump"),
+    "client_order": ("algorithm", "replay: the client of every outer step (client_order) of a reference run's dump"),
     "eval_every": ("output", "evaluate after steps 1, 1+k, 1+2k, ... and the last (default: {default})"),
     "seed": ("output", "seed of the split, the initialisation and the client/batch draws (default: {default})"),
     "out": ("output", "output folder (results.json, curves.png, checkpoints/); a folder holding a checkpoint of "
@@ -76,6 +81,13 @@ HELP = {
 }
 CHOICES = {"dataset": DATASETS, "data_source": DATA_SOURCES, "split": SPLITS, "algo": ALGOS, "optim": OPTIMIZERS,
            "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -99,6 +111,17 @@ def parser() -> argparse.ArgumentParser:
         g.add_argument(flag, type=typ, default=f.default, choices=CHOICES.get(f.name),
                        metavar=None if f.name in CHOICES else f.name.upper(),
                        help=text.format(default=f.default))
+    scale = p.add_argument_group("several runs, devices and hosts")
+    scale.add_argument("--seeds", type=_ints, default=None, metavar="S1,S2,...",
+                       help="train one run per seed in one program (results in <out>/seed-<s>/, mean ± std in "
+                            "<out>/summary.md); replaces --seed")
+    scale.add_argument("--cpu-devices", default="1", metavar="auto|N",
+                       help="on CPU, split the machine into N XLA devices over which --seeds runs are sharded; "
+                            "auto = one per core (default: 1)")
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="multi-host: address of process 0 for jax.distributed (with --num-processes, --process-id)")
+    scale.add_argument("--num-processes", type=int, default=None, metavar="P", help="multi-host: number of processes")
+    scale.add_argument("--process-id", type=int, default=None, metavar="I", help="multi-host: this process's index")
     run = p.add_argument_group("this invocation")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--stop-at", type=int, default=None, metavar="STEP",
@@ -117,13 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.pop("no_progress")
     stop_at = args.pop("stop_at")
     tensorboard = args.pop("tensorboard")
+    seeds = args.pop("seeds")
+    hosts = {k: args.pop(k) for k in ("coordinator", "num_processes", "process_id")}
+    cpu_devices = args.pop("cpu_devices")
     try:
         from pfedhn_jax.data.registry import validate
         cfg = validate(Config(**args))
         if stop_at is not None and (stop_at < 1 or cfg.out is None):
             raise UserError("--stop-at: needs a positive step and --out (where the checkpoint goes)")
-        from pfedhn_jax.loop import train  # heavy imports after validation
-        res = train(cfg, progress=progress, stop_at=stop_at, tensorboard=tensorboard)
+        from pfedhn_jax import distributed
+        distributed.set_cpu_devices(cpu_devices)  # before JAX starts
+        distributed.initialize(**hosts)
+        from pfedhn_jax.loop import train, train_seeds  # heavy imports after validation
+        if seeds is not None:
+            group = train_seeds(cfg, seeds, progress=progress and distributed.is_main(), stop_at=stop_at,
+                                tensorboard=tensorboard)
+            return _report_group(group, cfg)
+        res = train(cfg, progress=progress and distributed.is_main(), stop_at=stop_at, tensorboard=tensorboard)
     except (UserError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -140,10 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paused after outer step {int(res['state'].step)}; "
               f"checkpoint in {cfg.out}/checkpoints; rerun the same command without --stop-at to continue")
         return 0
+    if res["status"] == "finished" and "state" not in res:
+        print(f"already finished: {cfg.out}/results.json")
     b = res["best"]
     print(f"test acc at the best val step {b['best_step']}: {b['test_acc']:.4f} (val {b['best_val_acc']:.4f}; "
           f"per client min {b['test_min']:.4f} max {b['test_max']:.4f} std {b['test_std']:.4f}); "
           f"wall {res['timing']['wall_s']:.0f} s, compile {res['compile_s']:.1f} s")
+    return 0
+
+
+def _report_group(group: dict, cfg: Config) -> int:
+    s = group["summary"]
+    if s["status"] == "paused":
+        print(f"paused after outer step {s['steps']}; rerun the same command without --stop-at to continue")
+        return 0
+    per_seed = ", ".join(f"{k}: {v:.4f}" for k, v in s["test_acc_at_best_val"].items())
+    print(f"test acc at the best val step, {len(s['seeds'])} seeds: {s['mean']:.4f} ± {s['std']:.4f} "
+          f"({per_seed}); summary in {cfg.out}/summary.md" if cfg.out else "")
     return 0
 
 

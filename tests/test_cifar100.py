@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pfedhn_jax import builders, loop
+from pfedhn_jax.data.registry import spec
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.sources import DATASETS
 
@@ -48,7 +49,7 @@ def test_cifar100_trains_end_to_end(c100):
     saved = json.loads((Path(cfg.out) / "results.json").read_text())
     assert saved["config"]["dataset"] == "cifar100" and saved["data"]["dataset"] == "cifar100"
     assert saved["data"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert saved["data"]["note"] == ""  # not the CIFAR-10 JPEG copy
+    assert saved["data"]["label"] == "CIFAR-100"  # not the CIFAR-10 JPEG copy
     assert [c["step"] for c in saved["curves"]] == [1, 3] and saved["final"]["step"] == 3
     assert 0.0 <= saved["best"]["test_acc"] <= 1.0 and len(saved["best"]["test_per_client"]) == N
     classes = np.array(saved["data"]["client_classes"])
@@ -72,7 +73,7 @@ def test_cifar100_split_and_normalisation(c100):
     cfg, _ = c100
     data, split, desc = builders.load_data(cfg)
     info = DATASETS["cifar100"]
-    assert info.n_classes == 100 and info.classes_per_client == 10 and cfg.client_classes == 10
+    assert info.n_classes == 100 and info.classes_per_client == 10 and spec("cifar100").client_classes(cfg) == 10
     np.testing.assert_array_equal(data.mean, np.float32(info.mean))
     np.testing.assert_array_equal(data.std, np.float32(info.std))
     assert not np.allclose(np.asarray(data.std), DATASETS["cifar10"].std)

@@ -20,22 +20,15 @@ from pfedhn_jax.loop import train, train_seeds
 SEEDS = [5, 6, 7]
 
 
-def write_cifar_like(path, n_train=1200, n_test=400, seed=0):
-    rng = np.random.default_rng(seed)
-    np.savez(path, x_train=rng.integers(0, 256, (n_train, 32, 32, 3), np.uint8),
-             y_train=rng.integers(0, 10, n_train), x_test=rng.integers(0, 256, (n_test, 32, 32, 3), np.uint8),
-             y_test=rng.integers(0, 10, n_test))
-
-
 @pytest.fixture(scope="module")
-def fake_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    write_cifar_like(d / "cifar10.npz")
-    return d
+def fake_dir(data_dir):
+    """Real CIFAR-10 (JPEG copy): random pixels make a chaotic loss surface where float rounding
+    differences between the batched and the plain program grow past any tolerance."""
+    return data_dir
 
 
 def tiny(data_dir, out, **kw) -> Config:
-    base = dict(data_dir=str(data_dir), out=None if out is None else str(out), num_clients=4, val_size=200,
+    base = dict(data_dir=str(data_dir), out=None if out is None else str(out), num_clients=4, val_size=2000,
                 num_steps=6, inner_steps=2, batch_size=8, eval_every=3, n_kernels=2, hyper_hid=8, n_hidden=1,
                 checkpoint_every=0, algo="pfedhn-pc")
     return Config(**{**base, **kw})

@@ -78,6 +78,10 @@ class ClassSplitSpec(DatasetSpec):
         from pfedhn_jax.data.federated import make_split
         from pfedhn_jax.data.sources import load_raw
         raw = load_raw(self.name, cfg.data_dir, cfg.data_source, cfg.download)
+        if cfg.split_file is not None:  # a reference run's own split, the same for every seed
+            from pfedhn_jax.data.replay import load_split_file
+            split = load_split_file(cfg.split_file, len(raw.y_train), len(raw.y_test), cfg.num_clients)
+            return raw, [split for _ in seeds]
         return raw, [make_split(raw, self.info(cfg), cfg.num_clients, self.client_classes(cfg), seed,
                                 cfg.val_size, cfg.split, cfg.alpha) for seed in seeds]
 
@@ -94,6 +98,8 @@ class OmniglotSpec(DatasetSpec):
 
     def check(self, cfg: Config) -> None:
         super().check(cfg)
+        if cfg.split_file is not None:
+            raise UserError("--split-file: replays a reference CIFAR split; Omniglot has its own (drop the flag)")
         from pfedhn_jax.data.omniglot import SIDE
         if not self.min_image_size <= cfg.image_size <= SIDE:
             raise UserError(f"--image-size: must be in {self.min_image_size}..{SIDE} for Omniglot "
