@@ -21,7 +21,7 @@ from pfedhn_jax import evaluate
 from pfedhn_jax.algorithm import StepMetrics, TrainState
 from pfedhn_jax.builders import build_algorithm, compiler_options
 from pfedhn_jax.config import Config
-from pfedhn_jax.data.federated import FederatedData
+from pfedhn_jax.data.federated import ClientIndex, FederatedData
 
 # vmap axes of FederatedData in a group: images shared, per-client index arrays per run
 DATA_RUN_AXES = FederatedData(None, None, None, None, 0, 0, 0)
@@ -93,7 +93,8 @@ class Trainer:
             return data
         rep, runs = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("runs"))
         place = lambda a, s: (lambda h: jax.make_array_from_callback(h.shape, s, lambda i: h[i]))(np.asarray(a))
-        return jax.tree.map(place, data, FederatedData(rep, rep, rep, rep, runs, runs, runs))
+        per_run = ClientIndex(runs, runs)
+        return jax.tree.map(place, data, FederatedData(rep, rep, rep, rep, per_run, per_run, per_run))
 
     def init(self, seeds: list[int]) -> TrainState:
         """Initial states of the runs, one per seed (each equal to `alg.init(jax.random.key(seed))`)."""

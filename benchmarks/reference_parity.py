@@ -1,0 +1,326 @@
+"""Accuracy parity with the reference: the official PyTorch trainer and ours, on the same draws.
+
+(a) The unchanged official trainer (AvivSham/pFedHN, `experiments.pfedhn[_pc].trainer`) runs
+    through the tool `run_official.py` (--official-tool) in a separate Python that has torch
+    (--torch-python), with PFEDHN_OFFICIAL_DUMP set, so it also writes what it drew: the
+    federated split, the initial hypernetwork (and -PC private heads) and the client of every
+    step. Its evaluation curve (pooled val / test accuracy after steps 1, 1+k, 1+2k, ... and the
+    last, k = --eval-every) is read from the results JSON the trainer saves, the step numbers
+    from its log lines "Step: s, AVG Loss: ..., AVG Acc: ...".
+(b) Ours replays those draws through the library (`pfedhn_jax.data.replay`: split, initial
+    state, client order; `PFedHN.step(..., client_ids=...)`) and is evaluated at the same steps
+    (`evaluate.evaluate_clients`, pooled accuracy as the reference, docs/reference.md §5).
+
+Only the local batch sampling differs (torch's RNG vs JAX's), so the two curves should agree up
+to that noise. Printed: both curves side by side, the mean and sd of (ours - reference) test and
+val accuracy over the evaluation steps, and the best-val test accuracy of each; written: JSON and
+a PNG (default benchmarks/out/reference_parity[_quick]/).
+
+    python benchmarks/reference_parity.py --quick --algos pfedhn,pfedhn-pc \\
+        --official-dir /work/official --torch-python /work/torchenv/bin/python \\
+        --data ../shared/data/cifar10.npz
+    # full: N=50, 1500 steps (about 1.5 h per algorithm per side on 2 CPU cores)
+
+--quick is N=10 clients, 200 steps; the full setting N=50, 1500 steps. A reference run whose
+outputs are already in <out>/<algo>/reference/ is reused unless --rerun-reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+MODULES = {"pfedhn": "experiments.pfedhn.trainer", "pfedhn-pc": "experiments.pfedhn_pc.trainer"}
+EVAL_LINE = re.compile(r"Step: (\d+), AVG Loss: ([-\d.naninf]+),\s+AVG Acc: ([-\d.naninf]+)")
+QUICK = {"num_clients": 10, "num_steps": 200}
+FULL = {"num_clients": 50, "num_steps": 1500}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N=10 clients, 200 steps (default: N=50, 1500 steps)")
+    p.add_argument("--algos", default="pfedhn", help="comma list of pfedhn, pfedhn-pc (default: %(default)s)")
+    p.add_argument("--data", default=str(Path(common.DEFAULT_DATA_DIR) / "cifar10.npz"),
+                   help="the dataset npz (cifar10.npz / cifar100.npz layout) both sides read (default: %(default)s)")
+    p.add_argument("--official-dir", default="../official",
+                   help="a checkout of AvivSham/pFedHN (holds experiments/) (default: %(default)s)")
+    p.add_argument("--official-tool", default="../shared/tools/run_official.py",
+                   help="the script that runs the official trainer and dumps its draws (default: %(default)s)")
+    p.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON", "python3"),
+                   help="a Python with torch and numpy for the reference (default: $TORCH_PYTHON or python3)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of the reference (speed only; default %(default)s on a shared 2-core CPU)")
+    p.add_argument("--num-clients", type=int, default=None, help="override N of the chosen setting")
+    p.add_argument("--num-steps", type=int, default=None, help="override the outer steps of the chosen setting")
+    p.add_argument("--eval-every", type=int, default=30)
+    p.add_argument("--seed", type=int, default=42, help="the reference's seed, and our batch-sampling key")
+    p.add_argument("--out", default=None, help="output folder (default: benchmarks/out/reference_parity[_quick])")
+    p.add_argument("--rerun-reference", action="store_true", help="run the reference even if its outputs exist")
+    p.add_argument("--skip-ours", action="store_true", help="only run (or reuse) the reference")
+    p.add_argument("--note", default=common.CONTENTION_NOTE, help="free text stored in the JSON")
+    args = p.parse_args(argv)
+    setting = QUICK if args.quick else FULL
+    args.num_clients = args.num_clients or setting["num_clients"]
+    args.num_steps = args.num_steps or setting["num_steps"]
+    args.algos = common.parse_strs(args.algos)
+    bad = [a for a in args.algos if a not in MODULES]
+    if bad:
+        p.error(f"--algos: unknown {bad}; choose from {', '.join(MODULES)}")
+    args.out = Path(args.out or common.BENCH_DIR / "out" / f"reference_parity{'_quick' if args.quick else ''}")
+    return args
+
+
+def dataset_name(data: str | Path) -> str:
+    """The run_official tool's rule: cifar100 if the file name says so, else cifar10."""
+    return "cifar100" if "cifar100" in Path(data).name else "cifar10"
+
+
+def eval_steps(num_steps: int, eval_every: int) -> list[int]:
+    """Steps completed at each evaluation: the reference evaluates when step % k == 0 (0-based),
+    i.e. after 1, 1+k, ..., and once more after the last step if that was not one of them."""
+    steps = [s + 1 for s in range(num_steps) if s % eval_every == 0]
+    return steps + ([num_steps] if steps[-1] != num_steps else [])
+
+
+# ----------------------------------------------------------------------------- (a) the reference
+
+
+def reference_command(args, algo: str, ref_dir: Path) -> list[str]:
+    cmd = [args.torch_python, str(Path(args.official_tool).resolve()), str(Path(args.official_dir).resolve()),
+           str(Path(args.data).resolve()), MODULES[algo], "--num-nodes", str(args.num_clients),
+           "--num-steps", str(args.num_steps), "--eval-every", str(args.eval_every), "--seed", str(args.seed),
+           "--save-path", str(ref_dir)]
+    if dataset_name(args.data) == "cifar100":
+        cmd += ["--data-name", "cifar100"]
+    return cmd
+
+
+def reference_done(ref_dir: Path) -> bool:
+    return (ref_dir / "dump.npz").is_file() and any(ref_dir.glob("results*.json"))
+
+
+def run_reference(args, algo: str, ref_dir: Path) -> dict:
+    """Run the official trainer (or reuse its outputs); returns its command and wall time."""
+    cmd = reference_command(args, algo, ref_dir)
+    if reference_done(ref_dir) and not args.rerun_reference:
+        print(f"[{algo}] reusing the reference run in {ref_dir}", flush=True)
+        return {"command": cmd, "reused": True, "wall_s": None}
+    for f in ref_dir.glob("*"):
+        f.unlink()
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PFEDHN_OFFICIAL_DUMP": str(ref_dir / "dump.npz"), "OMP_NUM_THREADS": str(args.torch_threads)}
+    print(f"[{algo}] reference: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(ref_dir / "log.txt", "w") as log:
+        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ref_dir).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0 or not reference_done(ref_dir):
+        tail = (ref_dir / "log.txt").read_text()[-2000:]
+        sys.exit(f"the reference run failed (exit {rc}); its log ends:\n{tail}")
+    return {"command": cmd, "reused": False, "wall_s": wall}
+
+
+def read_reference(ref_dir: Path, num_steps: int, eval_every: int) -> dict:
+    """The reference's curve: its results JSON, with step numbers from its log lines."""
+    (res_path,) = sorted(ref_dir.glob("results*.json"))
+    res = json.loads(res_path.read_text())
+    log = (ref_dir / "log.txt").read_text(errors="replace")
+    logged = [(int(s), float(a)) for s, _, a in EVAL_LINE.findall(log)]
+    steps = eval_steps(num_steps, eval_every)
+    if [s for s, _ in logged] != steps or len(res["test_avg_acc"]) != len(steps):
+        raise SystemExit(f"{ref_dir}: the reference evaluated at {[s for s, _ in logged]} "
+                         f"({len(res['test_avg_acc'])} results), expected {steps}")
+    best_step = int(res["best_step"][-1]) + 1  # the reference stores the 0-based step index
+    return {"steps": steps, "test_acc": res["test_avg_acc"], "val_acc": res["val_avg_acc"],
+            "test_loss": res["test_avg_loss"], "val_loss": res["val_avg_loss"],
+            "best": {"step": best_step, "val_acc": res["best_val_acc"][-1],
+                     "test_acc": res["best_test_acc_based_on_val_beststep"][-1],
+                     "test_min": res["test_best_min_based_on_step"][-1],
+                     "test_max": res["test_best_max_based_on_step"][-1],
+                     "test_std": res["test_best_std_based_on_step"][-1]}}
+
+
+# ----------------------------------------------------------------------------- (b) ours
+
+
+def run_ours(args, algo: str, dump: Path) -> dict:
+    """Our library, replaying the reference's split, initial weights and client order."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from pfedhn_jax import evaluate
+    from pfedhn_jax.builders import build_algorithm, compiler_options
+    from pfedhn_jax.config import Config
+    from pfedhn_jax.data.federated import to_device
+    from pfedhn_jax.data.replay import load_client_order, load_initial_state, load_split_file
+    from pfedhn_jax.data.sources import DATASETS, load_npz
+
+    name = dataset_name(args.data)
+    info = DATASETS[name]
+    cfg = Config(dataset=name, num_clients=args.num_clients, algo=algo, num_steps=args.num_steps,
+                 eval_every=args.eval_every, seed=args.seed)
+    alg = build_algorithm(cfg)
+    raw = load_npz(Path(args.data), info)
+    split = load_split_file(dump, len(raw.y_train), len(raw.y_test), cfg.num_clients)
+    order = load_client_order(dump, cfg.num_clients, cfg.num_steps)
+    data = to_device(raw, info, split, cfg.batch_size)
+    opts = compiler_options()
+    state = load_initial_state(dump, alg, jax.jit(alg.init)(jax.random.key(cfg.seed)))
+    ids = jnp.arange(cfg.num_clients)
+    step_fn = jax.jit(alg.step, compiler_options=opts)
+    eval_fn = jax.jit(lambda s, d: tuple(
+        evaluate.evaluate_clients(alg.target.apply, alg.personal_params(s, ids), d, split_)
+        for split_ in (d.val, d.test)), compiler_options=opts)
+
+    t0 = time.perf_counter()
+    step_fn = step_fn.lower(data, state, order[:1]).compile()
+    eval_fn = eval_fn.lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    wanted = set(eval_steps(cfg.num_steps, cfg.eval_every))
+    curve = {"steps": [], "test_acc": [], "val_acc": [], "test_loss": [], "val_loss": []}
+    tracker = evaluate.BestTracker()
+    train_s = eval_s = 0.0
+    t_seg = time.perf_counter()
+    for t in range(cfg.num_steps):
+        state, metrics = step_fn(data, state, order[t:t + 1])
+        if t + 1 in wanted:
+            jax.block_until_ready(state)
+            train_s += time.perf_counter() - t_seg
+            t_eval = time.perf_counter()
+            val, test = (evaluate.summarize(m) for m in eval_fn(state, data))
+            eval_s += time.perf_counter() - t_eval
+            if not math.isfinite(val["loss"]):
+                raise SystemExit(f"[{algo}] ours diverged by step {t + 1}")
+            tracker.update(t + 1, val, test)
+            for k, v in (("steps", t + 1), ("test_acc", test["acc"]), ("val_acc", val["acc"]),
+                         ("test_loss", test["loss"]), ("val_loss", val["loss"])):
+                curve[k].append(v)
+            print(f"[{algo}] ours step {t + 1}: val {val['acc']:.4f} test {test['acc']:.4f}", flush=True)
+            t_seg = time.perf_counter()
+    assert np.array_equal(np.asarray(metrics.client_ids), order[-1:])  # the replayed client was trained
+    return {**curve, "best": {"step": tracker.best_step, "val_acc": tracker.best_val_acc, "test_acc": tracker.test_acc,
+                              "test_min": tracker.test_min, "test_max": tracker.test_max, "test_std": tracker.test_std},
+            "compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
+            "client_counts": {k: [len(ix) for ix in getattr(split, k)] for k in ("train", "val", "test")},
+            "conv_impl": alg.target.conv_impl, "hyper_lr": alg.lr, "data_sha256": raw.sha256}
+
+
+# ----------------------------------------------------------------------------- comparison and output
+
+
+def compare(ref: dict, ours: dict) -> dict:
+    """Mean and sd over the evaluation steps of ours - reference (accuracy in [0, 1])."""
+    out = {}
+    for k in ("test_acc", "val_acc"):
+        d = [o - r for o, r in zip(ours[k], ref[k])]
+        out[k] = {"mean_diff": statistics.fmean(d), "sd_diff": statistics.stdev(d) if len(d) > 1 else 0.0,
+                  "max_abs_diff": max(abs(v) for v in d), "n": len(d)}
+    out["best_test_acc_diff"] = ours["best"]["test_acc"] - ref["best"]["test_acc"]
+    out["last_test_acc_diff"] = ours["test_acc"][-1] - ref["test_acc"][-1]
+    return out
+
+
+def side_by_side(algo: str, ref: dict, ours: dict, cmp: dict) -> str:
+    rows = [{"step": s, "ref val": ref["val_acc"][i], "ours val": ours["val_acc"][i],
+             "ref test": ref["test_acc"][i], "ours test": ours["test_acc"][i],
+             "test diff": ours["test_acc"][i] - ref["test_acc"][i]}
+            for i, s in enumerate(ref["steps"])]
+    t = common.table(rows, title=f"\n{algo}: pooled accuracy, reference (official PyTorch) vs ours (JAX), same draws")
+    for k in ("test_acc", "val_acc"):
+        c = cmp[k]
+        t += (f"\n{k} difference (ours - reference) over {c['n']} evaluations: mean {c['mean_diff']:+.4f}, "
+              f"sd {c['sd_diff']:.4f}, max |diff| {c['max_abs_diff']:.4f}")
+    for side, r in (("reference", ref), ("ours", ours)):
+        b = r["best"]
+        t += (f"\n{side:>9}: best val {b['val_acc']:.4f} at step {b['step']} -> test {b['test_acc']:.4f} "
+              f"(per client min {b['test_min']:.3f} max {b['test_max']:.3f} std {b['test_std']:.3f}); "
+              f"last test {r['test_acc'][-1]:.4f}")
+    return t
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    algos = [a for a in record["algos"] if "ours" in record["algos"][a]]
+    if not algos:
+        return
+    fig, axes = plt.subplots(1, len(algos), figsize=(6 * len(algos), 4), squeeze=False)
+    for ax, algo in zip(axes[0], algos):
+        r = record["algos"][algo]
+        for side, style in (("reference", "-"), ("ours", "--")):
+            c = r[side]
+            ax.plot(c["steps"], c["test_acc"], style, color="C0", label=f"{side} test")
+            ax.plot(c["steps"], c["val_acc"], style, color="C1", label=f"{side} val")
+        t = r["compare"]["test_acc"]
+        ax.set(title=f"{algo}: test diff {t['mean_diff']:+.4f} ± {t['sd_diff']:.4f}", xlabel="outer step",
+               ylabel="pooled accuracy")
+        ax.legend()
+    s = record["setting"]
+    fig.suptitle(f"{s['label']}, N={s['num_clients']}, {s['num_steps']} steps, seed {s['seed']}: "
+                 "official PyTorch (solid) vs JAX (dashed), same split / init / client order")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def merged(path: Path, record: dict) -> dict:
+    """`record` plus the algorithms an earlier run of the same setting left in `path` (so that the
+    algorithms can be run one invocation at a time, or side by side, into one JSON and PNG)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return record
+    if old.get("setting") != record["setting"]:
+        return record
+    return {**record, "algos": {**old.get("algos", {}), **record["algos"]}}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = dataset_name(args.data)
+    record = {"cmdline": common.cmdline(), "note": args.note,
+              "setting": {"quick": args.quick, "num_clients": args.num_clients, "num_steps": args.num_steps,
+                          "eval_every": args.eval_every, "seed": args.seed, "data": str(Path(args.data).resolve()),
+                          "dataset": name, "label": "CIFAR-10 (JPEG copy)" if name == "cifar10" else name},
+              "environment": common.environment(jax_info=not args.skip_ours), "algos": {}}
+    json_path = args.out / "reference_parity.json"
+    for algo in args.algos:
+        ref_dir = args.out / algo / "reference"
+        ref_run = run_reference(args, algo, ref_dir)
+        ref = read_reference(ref_dir, args.num_steps, args.eval_every)
+        entry = {"reference": {**ref, **ref_run}, "cmdline": record["cmdline"], "environment": record["environment"]}
+        if not args.skip_ours:
+            ours = run_ours(args, algo, ref_dir / "dump.npz")
+            entry.update(ours=ours, compare=compare(ref, ours))
+            print(side_by_side(algo, ref, ours, entry["compare"]), flush=True)
+        record["algos"][algo] = entry
+        record = merged(json_path, record)
+        common.write_json(json_path, record)
+    plot(record, args.out / "reference_parity.png")
+    print(f"\n{record['setting']['label']}, N={args.num_clients}, {args.num_steps} steps, seed {args.seed}:")
+    for algo, e in record["algos"].items():
+        if "compare" in e:
+            t, b = e["compare"]["test_acc"], e["compare"]["best_test_acc_diff"]
+            print(f"  {algo:>9}: test acc ours - reference: mean {t['mean_diff']:+.4f}, sd {t['sd_diff']:.4f} over "
+                  f"{t['n']} evaluations; best-val test: reference {e['reference']['best']['test_acc']:.4f}, "
+                  f"ours {e['ours']['best']['test_acc']:.4f} ({b:+.4f})")
+    print(f"wrote {json_path} and {args.out / 'reference_parity.png'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
