@@ -48,7 +48,7 @@ class StepMetrics(NamedTuple):
 class PFedHN:
     """Hyperparameters and the pure functions of pFedHN (and -PC, via `hnet.private`).
 
-    Defaults are the reference's (REFERENCE.md §3). `clients_per_step > 1` averages the clients'
+    Defaults are the reference's (docs/reference.md §3). `clients_per_step > 1` averages the clients'
     VJPs, a deviation the paper never used. `strategy` and `unroll` change speed, not numbers.
     """
 

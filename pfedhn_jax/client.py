@@ -2,7 +2,7 @@
 
 `local_update` is one client's loop; `run_clients` runs the clients of one outer step with a
 chosen execution strategy. All strategies compute the same numbers (tests check it); they
-differ only in speed, which depends on the backend (REFERENCE.md §8, benchmarks/RESULTS.md).
+differ only in speed, which depends on the backend (docs/reference.md §8, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Reported accuracy is POOLED (total correct / total samples over all clients), and the headline
 is the test accuracy at the evaluation with the best pooled validation accuracy, with the
-per-client min / max / std at that step (REFERENCE.md §5).
+per-client min / max / std at that step (docs/reference.md §5).
 """
 
 from __future__ import annotations

@@ -8,13 +8,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pfedhn_jax import evaluate
+from pfedhn_jax import results as rio
+from pfedhn_jax.algorithm import StepMetrics
 from pfedhn_jax.config import Config
+from pfedhn_jax.distributed import is_main
+from pfedhn_jax.errors import DivergenceError
 
 
 def communication(alg, cfg: Config) -> dict:
@@ -32,6 +37,24 @@ def communication(alg, cfg: Config) -> dict:
             "bytes_total": 2 * per_round * cfg.num_steps,
             "hypernet_params": sum(x.size for x in jax.tree.leaves(shapes)),
             "hypernet_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))}
+
+
+def check_finite(metrics: list[StepMetrics], first_step: int, seeds: list[int]) -> np.ndarray:
+    """Host check of buffered step metrics (leaves (R, C)); returns the losses (steps, R, C) of the
+    real runs, raises DivergenceError naming the step, seed and client."""
+    if not metrics:
+        return np.zeros((0, len(seeds), 0), np.float32)
+    r = len(seeds)
+    loss = np.stack([np.asarray(m.loss)[:r] for m in metrics])
+    norm = np.stack([np.asarray(m.delta_norm)[:r] for m in metrics])
+    bad = ~(np.isfinite(loss) & np.isfinite(norm))
+    if bad.any():
+        i, run, j = np.argwhere(bad)[0]
+        cid = int(np.asarray(metrics[i].client_ids)[run, j])
+        who = f"seed {seeds[run]}, client {cid}" if len(seeds) > 1 else f"client {cid}"
+        raise DivergenceError(f"training diverged at outer step {first_step + i + 1} ({who}): "
+                              f"loss={loss[i, run, j]}, |Δθ|={norm[i, run, j]}; lower --lr / --inner-lr")
+    return loss
 
 
 class RunRecord:
@@ -100,3 +123,50 @@ def render_group(summary: dict) -> str:
               for s, a in summary["test_acc_at_best_val"].items()]
     lines += ["", f"Mean ± std (population, ddof=0) over seeds: {summary['mean']:.4f} ± {summary['std']:.4f}"]
     return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class Group:
+    """The host side of a group of runs: configs, output folders, records, buffered step metrics."""
+
+    cfg: Config                      # the group's config (its seed is the first run's)
+    seeds: list[int]                 # the real runs; the program may carry padding runs after them
+    out: Path | None                 # --out: checkpoints (and summary for several seeds)
+    run_dirs: list[Path | None]      # where each run's results.json goes
+    records: list[RunRecord] = dataclasses.field(default_factory=list)
+    pending: list[StepMetrics] = dataclasses.field(default_factory=list)
+    step: int = 0                    # outer steps completed (kept on the host: the state may span hosts)
+
+    @property
+    def is_group(self) -> bool:
+        return len(self.run_dirs) > 1 or (self.out is not None and self.run_dirs[0] != self.out)
+
+    def run_config(self, r: int) -> Config:
+        d = self.run_dirs[r]
+        return dataclasses.replace(self.cfg, seed=self.seeds[r], out=None if d is None else str(d))
+
+    def host(self) -> dict:
+        """The JSON record saved beside the arrays of a checkpoint."""
+        return {"config": self.cfg.to_dict(), "seeds": self.seeds, "runs": [r.host() for r in self.records],
+                "pending": {f: [np.asarray(getattr(x, f)).tolist() for x in self.pending]
+                            for f in StepMetrics._fields}}
+
+    def restore_host(self, host: dict) -> None:
+        self.records = [RunRecord.from_host(self.run_config(r), h) for r, h in enumerate(host["runs"])]
+        p = host["pending"]
+        self.pending = [StepMetrics(np.asarray(i, np.int32), np.asarray(l, np.float32), np.asarray(d, np.float32))
+                        for i, l, d in zip(p["client_ids"], p["loss"], p["delta_norm"])]
+
+    def write(self, status: str) -> None:
+        """results.json of every run (and the group summary); only process 0 writes."""
+        if not is_main():
+            return
+        for rec, d in zip(self.records, self.run_dirs):
+            rec.results["status"] = status
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+                rio.write_json(d / "results.json", rec.results)
+        if self.is_group and self.out is not None:
+            summary = summarize_group(self.seeds, self.records, status)
+            rio.write_json(self.out / "summary.json", summary)
+            rio.write_text(self.out / "summary.md", render_group(summary))

@@ -5,7 +5,7 @@ theta_i = h(v_i; phi). The heads are derived from the shapes of `target.init`'s 
 params. `private` selects the part of the params that is not generated (pFedHN-PC's
 client-owned head); `split_params` / `merge_params` cut a params tree into the generated and the
 private part and put it back together. Initialisation is PyTorch's default, as in the reference
-(REFERENCE.md §2): dense weights and biases U(±1/sqrt(fan_in)), embeddings N(0, 1). It sets the
+(docs/reference.md §2): dense weights and biases U(±1/sqrt(fan_in)), embeddings N(0, 1). It sets the
 scale of the generated weights, so it matters for accuracy.
 
 Parameters (a plain pytree):

@@ -9,11 +9,7 @@ writes `<out>/results.json`; a group writes `<out>/seed-<s>/results.json` (the s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,123 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from pfedhn_jax import results as rio
-from pfedhn_jax.algorithm import StepMetrics, TrainState
+from pfedhn_jax.algorithm import TrainState
 from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config, describe_differences, run_differences
 from pfedhn_jax.data.registry import spec, validate
 from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
-from pfedhn_jax.history import RunRecord, communication, render_group, summarize_group
+from pfedhn_jax.history import Group, RunRecord, check_finite, communication, summarize_group
+from pfedhn_jax.signals import check_start, log, stop_requests
 from pfedhn_jax.trainer import Trainer, padded_size, run_mesh
-
-
-def log(msg: str) -> None:
-    """Start-up and status lines go to stderr (stdout carries the final summary)."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 def is_eval_step(step: int, cfg: Config) -> bool:
     """After `step` completed outer steps: the reference evaluates after steps 1, 1+k, 1+2k, ... and the last."""
     return (step - 1) % cfg.eval_every == 0 or step == cfg.num_steps
-
-
-def check_finite(metrics: list[StepMetrics], first_step: int, seeds: list[int]) -> np.ndarray:
-    """Host check of buffered step metrics (leaves (R, C)); returns the losses (steps, R, C) of the
-    real runs, raises DivergenceError naming the step, seed and client."""
-    if not metrics:
-        return np.zeros((0, len(seeds), 0), np.float32)
-    r = len(seeds)
-    loss = np.stack([np.asarray(m.loss)[:r] for m in metrics])
-    norm = np.stack([np.asarray(m.delta_norm)[:r] for m in metrics])
-    bad = ~(np.isfinite(loss) & np.isfinite(norm))
-    if bad.any():
-        i, run, j = np.argwhere(bad)[0]
-        cid = int(np.asarray(metrics[i].client_ids)[run, j])
-        who = f"seed {seeds[run]}, client {cid}" if len(seeds) > 1 else f"client {cid}"
-        raise DivergenceError(f"training diverged at outer step {first_step + i + 1} ({who}): "
-                              f"loss={loss[i, run, j]}, |Δθ|={norm[i, run, j]}; lower --lr / --inner-lr")
-    return loss
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """Turn SIGINT / SIGTERM into a request to stop at the next safe point (main thread only).
-
-    Yields a dict whose 'signal' is set to the signal's name once one arrives; a second SIGINT
-    interrupts at once (KeyboardInterrupt).
-    """
-    request: dict[str, str | None] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-
-    def handler(signum, frame):
-        if request["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        request["signal"] = signal.Signals(signum).name
-        log(f"\n{request['signal']} received: stopping at the next safe point (press Ctrl-C again to abort at once)")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _check_start(stop: dict, phase: str) -> None:
-    """Before training starts nothing needs saving: a stop request ends the run here."""
-    if stop["signal"] is not None:
-        raise Interrupted(stop["signal"], f"interrupted by {stop['signal']} during start-up ({phase}); "
-                                          "nothing was written")
-
-
-@dataclasses.dataclass
-class Group:
-    """The host side of a group of runs: configs, output folders, records, buffered step metrics."""
-
-    cfg: Config                      # the group's config (its seed is the first run's)
-    seeds: list[int]                 # the real runs; the program may carry padding runs after them
-    out: Path | None                 # --out: checkpoints (and summary for several seeds)
-    run_dirs: list[Path | None]      # where each run's results.json goes
-    records: list[RunRecord] = dataclasses.field(default_factory=list)
-    pending: list[StepMetrics] = dataclasses.field(default_factory=list)
-    step: int = 0                    # outer steps completed (kept on the host: the state may span hosts)
-
-    @property
-    def is_group(self) -> bool:
-        return len(self.run_dirs) > 1 or (self.out is not None and self.run_dirs[0] != self.out)
-
-    def run_config(self, r: int) -> Config:
-        d = self.run_dirs[r]
-        return dataclasses.replace(self.cfg, seed=self.seeds[r], out=None if d is None else str(d))
-
-    def host(self) -> dict:
-        """The JSON record saved beside the arrays of a checkpoint."""
-        return {"config": self.cfg.to_dict(), "seeds": self.seeds, "runs": [r.host() for r in self.records],
-                "pending": {f: [np.asarray(getattr(x, f)).tolist() for x in self.pending]
-                            for f in StepMetrics._fields}}
-
-    def restore_host(self, host: dict) -> None:
-        self.records = [RunRecord.from_host(self.run_config(r), h) for r, h in enumerate(host["runs"])]
-        p = host["pending"]
-        self.pending = [StepMetrics(np.asarray(i, np.int32), np.asarray(l, np.float32), np.asarray(d, np.float32))
-                        for i, l, d in zip(p["client_ids"], p["loss"], p["delta_norm"])]
-
-    def write(self, status: str) -> None:
-        """results.json of every run (and the group summary); only process 0 writes."""
-        if not is_main():
-            return
-        for rec, d in zip(self.records, self.run_dirs):
-            rec.results["status"] = status
-            if d is not None:
-                d.mkdir(parents=True, exist_ok=True)
-                rio.write_json(d / "results.json", rec.results)
-        if self.is_group and self.out is not None:
-            summary = summarize_group(self.seeds, self.records, status)
-            rio.write_json(self.out / "summary.json", summary)
-            rio.write_text(self.out / "summary.md", render_group(summary))
 
 
 def _open_checkpoints(group: Group, template: TrainState) -> tuple[Checkpointer | None, TrainState, bool]:
@@ -264,7 +158,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
         log(f"loading {cfg.dataset} and building the federated split ({cfg.num_clients} clients, "
             f"seed{'s' if r > 1 else ''} {', '.join(map(str, group.seeds))})")
         data, _, descs = load_group_data(cfg, seeds)
-        _check_start(stop, "loading data")
+        check_start(stop, "loading data")
         trainer = Trainer(cfg, data, padded, run_mesh(padded) if r > 1 else None)
         if r > 1:
             log(f"{r} runs in one program on {len(devices)} device(s)"
@@ -282,7 +176,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
         log(f"compiling the outer step and the evaluation on {jax.default_backend()}")
         compile_s = trainer.compile(state, with_client_ids=client_order is not None)
         log(f"compiled in {compile_s:.1f} s")
-        _check_start(stop, "compiling")
+        check_start(stop, "compiling")
         comm = communication(trainer.alg, cfg)
         if not resumed:
             env = rio.environment()

@@ -42,7 +42,7 @@ HELP = {
     "n_train": ("data", "Omniglot only: drawings per character for training (default: {default})"),
     "n_val": ("data", "Omniglot only: drawings per character for validation; the rest test (default: {default})"),
     "split_file": ("data", "replay: per-client train/val/test indices from a reference run's dump "
-                           "(split/{train,val,test}/<client>; CIFAR only)"),
+                           "(split/{{train,val,test}}/<client>; CIFAR only)"),
     "algo": ("algorithm", "pfedhn, or pfedhn-pc (a private classifier head per client) (default: {default})"),
     "num_steps": ("algorithm", "outer steps (rounds) (default: {default})"),
     "inner_steps": ("algorithm", "local SGD steps per client per round (default: {default})"),
@@ -70,8 +70,8 @@ HELP = {
     "resume": ("output", "require a checkpoint in --out to continue (resuming is automatic when one exists)"),
     "checkpoint_every": ("output", "outer steps between checkpoints; 0 = only at the end and on SIGINT/SIGTERM "
                                    "(default: {default})"),
-    "keep_checkpoints": ("output", "how many of the newest checkpoints to keep (~43 MB each for the default "
-                                   "CIFAR-10 run) (default: {default})"),
+    "keep_checkpoints": ("output", "how many of the newest checkpoints to keep; each holds the hypernetwork and "
+                                   "its optimizer state (sizes in README) (default: {default})"),
     "strategy": ("speed", "how the clients of a step run: vmap, lax.map, a Python loop, or auto per backend "
                           "(default: {default})"),
     "conv_impl": ("speed", "convolutions as lax.conv (xla) or patches @ kernel (im2col); auto = im2col on CPU "

@@ -21,7 +21,7 @@ def test_eval_schedule_matches_reference():
 
 def test_same_seed_same_numbers(data_dir, tmp_path):
     cfg = Config(data_dir=str(data_dir), out=str(tmp_path / "a"), **SMALL)
-    a = train(cfg, progress=False)
+    a = train(cfg, progress=False, tensorboard=True)
     b = train(dataclasses.replace(cfg, out=str(tmp_path / "b")), progress=False)
     c = train(dataclasses.replace(cfg, out=None, seed=4), progress=False)
     strip = lambda r: [{k: v for k, v in row.items() if k != "wall_s"} for row in r["curves"]]
@@ -32,6 +32,8 @@ def test_same_seed_same_numbers(data_dir, tmp_path):
     assert saved["data"]["sha256"] and len(saved["curves"]) == 3  # steps 1, 3, 4
     assert saved["best"]["best_step"] in (1, 3, 4) and (tmp_path / "a" / "curves.png").is_file()
     assert saved["config"]["seed"] == 3 and saved["compile_s"] > 0
+    events = list((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and all(tag in events[0].read_bytes() for tag in (b"accuracy/val", b"loss/train"))
 
 
 @pytest.mark.slow

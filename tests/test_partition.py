@@ -1,4 +1,4 @@
-"""Invariants of the reference split (REFERENCE.md §4) on generated labels and on real CIFAR-10."""
+"""Invariants of the reference split (docs/reference.md §4) on generated labels and on real CIFAR-10."""
 
 import numpy as np
 import pytest

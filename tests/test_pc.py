@@ -1,6 +1,6 @@
 """pFedHN-PC on real CIFAR-10 (JPEG copy), tiny configs: the private head persists on its client
 with its own optimizer state, never enters the hypernetwork, and is the one evaluated
-(REFERENCE.md §3 "pFedHN-PC", §5)."""
+(docs/reference.md §3 "pFedHN-PC", §5)."""
 
 import dataclasses
 

@@ -86,7 +86,7 @@ class SplitSummary(NamedTuple):
 def make_split(raw: RawDataset, info: DatasetInfo, num_clients: int, classes_per_client: int,
                seed: int, val_size: int = 10_000, split: str = "reference",
                alpha: float = 0.5) -> SplitSummary:
-    """The federated split of a raw dataset, deterministic from `seed` (REFERENCE.md §4)."""
+    """The federated split of a raw dataset, deterministic from `seed` (docs/reference.md §4)."""
     seq = np.random.SeedSequence(seed)
     r_val, r_assign, r_train, r_vsplit, r_test = (np.random.default_rng(s) for s in seq.spawn(5))
     if not 0 <= val_size < len(raw.y_train):

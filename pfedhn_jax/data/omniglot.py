@@ -1,4 +1,4 @@
-"""Omniglot as a federated dataset: one client per alphabet (REFERENCE.md §7).
+"""Omniglot as a federated dataset: one client per alphabet (docs/reference.md §7).
 
 The paper's Omniglot experiment has 50 clients, one alphabet each, and a 4-conv target with
 one output per character class. The split, the resolution and the label space were never
@@ -38,7 +38,7 @@ Decisions and why:
   checks them against the data). Other sizes reuse them: area averaging keeps the mean, and the
   std only needs to be a fixed, sensible scale.
 
-Sources: `<data_dir>/omniglot.npz` (layout in shared/data/README.md), or TensorFlow Datasets
+Sources: `<data_dir>/omniglot.npz` (layout in docs/data.md), or TensorFlow Datasets
 `omniglot` (splits train + test; `small1`/`small2` are subsets of train and are not read).
 """
 
@@ -115,9 +115,9 @@ NPZ_KEYS = ("images_packed", "alphabet_id", "character_id", "character_in_alphab
 
 
 def load_omniglot_npz(path: Path, image_size: int = DEFAULT_IMAGE_SIZE, chunk: int = 2048) -> OmniglotRaw:
-    """Load and validate `omniglot.npz` (layout of shared/data/README.md), downsampled to image_size."""
+    """Load and validate `omniglot.npz` (layout of docs/data.md), downsampled to image_size."""
     _check_image_size(image_size)
-    fix = "replace it with a good copy of omniglot.npz (see the data README)"
+    fix = "replace it with a good copy of omniglot.npz (see docs/data.md)"
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = set(NPZ_KEYS) - set(f.files)

@@ -4,7 +4,7 @@ A split is described by an `Assignment`: for each client, a list of (class, shar
 Client i receives int(share * count_c) samples of class c, taken in client order from a shuffled
 per-class index list, so no sample goes to two clients. The same assignment is applied to the
 train, validation and test sets (each with its own shuffle), so every client's test distribution
-matches its training distribution (REFERENCE.md §4).
+matches its training distribution (docs/reference.md §4).
 """
 
 from __future__ import annotations
