@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 FULL_STEPS = 5000
-# REFERENCE.md §8: official PyTorch code, CIFAR-10 / 50 clients, 2-core AVX-512/AMX CPU.
+# docs/reference.md §8: official PyTorch code, CIFAR-10 / 50 clients, 2-core AVX-512/AMX CPU.
 REFERENCE_FULL_RUN_S = 50 * 60
 
 

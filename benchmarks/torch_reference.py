@@ -1,6 +1,6 @@
 """PyTorch version of the reference's outer step, timed back to back with the library's JAX step.
 
-The torch side is written here after the official code's defaults (REFERENCE.md §2-3):
+The torch side is written here after the official code's defaults (docs/reference.md §2-3):
 CNNHyper (embeddings N x int(1 + N/4), MLP e->100 then 3 x [ReLU, 100->100], one Linear head per
 target tensor) generating CNNTarget (LeNet-like, 121,182 parameters); one outer step =
   weights = hnet(i); net.load_state_dict(weights); fresh SGD(lr 5e-3, momentum .9, wd 5e-5);
@@ -37,7 +37,7 @@ from benchmarks import common  # noqa: E402
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
-# REFERENCE.md §8 (official PyTorch code, 2-core AVX-512/AMX x86 CPU, not this machine)
+# docs/reference.md §8 (official PyTorch code, 2-core AVX-512/AMX x86 CPU, not this machine)
 REF_PAPER_LOCAL_STEPS_PER_S = {"full_run_excl_eval": 100.0, "outer_step_alone": 113.0}
 
 

@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--num-processes", type=int, default=None, metavar="P", help="multi-host: number of processes")
     scale.add_argument("--process-id", type=int, default=None, metavar="I", help="multi-host: this process's index")
     run = p.add_argument_group("this invocation")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar (status lines and errors still go to stderr)")
     run.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                      help="checkpoint and exit after outer step STEP (run a long schedule in chunks)")
     run.add_argument("--tensorboard", action="store_true",
