@@ -231,10 +231,18 @@ def run_jax(args, conv_impl: str) -> dict:
         py = str(venv) if venv.exists() else sys.executable
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "jax.json"
+        data_dir = args.data_dir
+        if args.random_data:  # the JAX side reads an npz: give it random pixels of CIFAR's layout
+            import numpy as np
+            rng = np.random.default_rng(0)
+            np.savez(Path(d) / "cifar10.npz", x_train=rng.integers(0, 256, (20000, 32, 32, 3), np.uint8),
+                     y_train=np.arange(20000) % 10, x_test=rng.integers(0, 256, (2000, 32, 32, 3), np.uint8),
+                     y_test=np.arange(2000) % 10)
+            data_dir = d
         cmd = [py, str(common.BENCH_DIR / "client_throughput.py"), "--strategies", args.jax_strategy, "--cps", "1",
                "--inner-steps", str(args.inner_steps), "--num-clients", str(args.num_clients),
                "--conv-impl", conv_impl, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-               "--data-dir", args.data_dir, "--no-plot", "--out", str(out), "--note", args.note]
+               "--data-dir", data_dir, "--no-plot", "--out", str(out), "--note", args.note]
         print("$", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, text=True, capture_output=True)

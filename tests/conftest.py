@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import pytest
+# One persistent XLA compilation cache for the suite and its subprocesses (the CLI, signal, device
+# and process tests compile the same small programs again); set before anything imports JAX.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pfedhn-jax-test-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from pfedhn_jax.targets import ConvNet
+import pytest  # noqa: E402
+
+from pfedhn_jax.targets import ConvNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +35,4 @@ def data_dir() -> Path:
 def tiny_target() -> ConvNet:
     """A small ConvNet with the CIFAR net's structure (2 convs, 2 dense, head), fast to differentiate."""
     return ConvNet((10, 10, 3), (3, 4), 3, "VALID", (6, 5), 4)
+
