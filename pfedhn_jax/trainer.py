@@ -78,7 +78,6 @@ class Trainer:
         # so every process (of a multi-host job) can read them
         runs, rep = (None, None) if mesh is None else (NamedSharding(mesh, P("runs")), NamedSharding(mesh, P()))
         self._step = jax.jit(step, compiler_options=opts, out_shardings=None if mesh is None else (runs, rep))
-        self._step_ids = None
         self._eval = jax.jit(ev, compiler_options=opts, out_shardings=rep)
         self._init = jax.jit(lambda key_data: jax.vmap(alg.init)(jax.random.wrap_key_data(key_data)),
                              out_shardings=runs)
@@ -102,23 +101,18 @@ class Trainer:
         return self._init(key_data)
 
     def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
-        """Compile the step and the evaluation ahead of time; returns seconds spent."""
+        """Compile the step (for sampled clients, or for given ones when replaying) and the
+        evaluation ahead of time; returns seconds spent."""
         t0 = time.perf_counter()
         ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
-        compiled = self._step.lower(self.data, state, ids).compile()
-        if with_client_ids:
-            self._step_ids = compiled
-            self._step = self._step.lower(self.data, state, None).compile()
-        else:
-            self._step = compiled
+        self._step = self._step.lower(self.data, state, ids).compile()
         self._eval = self._eval.lower(state, self.data).compile()
         return time.perf_counter() - t0
 
     def step(self, state: TrainState, client_ids: np.ndarray | None = None) -> tuple[TrainState, StepMetrics]:
-        """One outer step of every run; client_ids (R, C) replays given clients instead of sampling."""
-        if client_ids is None:
-            return self._step(self.data, state, None)
-        return self._step_ids(self.data, state, jnp.asarray(client_ids, jnp.int32))
+        """One outer step of every run; client_ids (R, C) replays given clients instead of sampling
+        (the program must have been compiled `with_client_ids`)."""
+        return self._step(self.data, state, None if client_ids is None else jnp.asarray(client_ids, jnp.int32))
 
     def evaluate(self, state: TrainState) -> list[tuple[dict, dict]]:
         """(val, test) summaries of every run (`evaluate.summarize`), in run order."""
