@@ -154,7 +154,7 @@ def load_omniglot_tfds(data_dir: Path | None, image_size: int = DEFAULT_IMAGE_SI
                        download: bool = False) -> OmniglotRaw:
     """TensorFlow Datasets `omniglot`, splits train (background) + test (evaluation).
 
-    UNTESTED here (no tensorflow_datasets offline); written against the TFDS 4.9 builder:
+    Tested offline with `tfds.testing.mock_data` (tests/test_tfds.py); written against the TFDS 4.9 builder:
     features image (105,105,3) uint8 with white background, alphabet (ClassLabel over all 50
     names sorted), alphabet_char_id (0-based). Alphabets are renumbered to the npz order
     (background sorted, then evaluation sorted); TFDS keeps no drawer, so `drawer` is the
@@ -170,7 +170,7 @@ def load_omniglot_tfds(data_dir: Path | None, image_size: int = DEFAULT_IMAGE_SI
     parts = []
     try:
         if download:
-            tfds.builder("omniglot", **kw).download_and_prepare()
+            tfds.builder("omniglot", file_format="array_record", **kw).download_and_prepare()  # data_source reads it
         for split in ("train", "test"):
             ds = tfds.data_source("omniglot", split=split, download=False, **kw)
             items = [ds[i] for i in range(len(ds))]
@@ -181,7 +181,13 @@ def load_omniglot_tfds(data_dir: Path | None, image_size: int = DEFAULT_IMAGE_SI
         raise DataError(f"TFDS could not read 'omniglot' from {kw['data_dir'] or 'its default folder'} ({e}); "
                         "prepare it with --download, or put omniglot.npz in --data-dir") from e
     # TFDS alphabet ids follow the sorted names of all 50: background ones (in train) first, then the rest.
-    bg, ev = np.unique(parts[0][1]), np.unique(parts[1][1])
+    ids = np.concatenate([p[1] for p in parts])
+    char_ids = np.concatenate([p[2] for p in parts])
+    if ids.min() < 0 or ids.max() >= N_ALPHABETS or char_ids.min() < 0 or char_ids.max() >= MAX_CHARACTERS:
+        raise DataError(f"TFDS 'omniglot': alphabet ids must be in 0..{N_ALPHABETS - 1} and alphabet_char_id in "
+                        f"0..{MAX_CHARACTERS - 1}; the prepared data is not TFDS's omniglot 3.x, prepare it again")
+    bg = np.unique(parts[0][1])
+    ev = np.setdiff1d(np.unique(parts[1][1]), bg)  # (disjoint in the real data)
     remap = np.zeros(N_ALPHABETS, np.int64)
     remap[np.concatenate([bg, ev])] = np.arange(len(bg) + len(ev))
     x = np.concatenate([p[0] for p in parts])

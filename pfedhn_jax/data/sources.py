@@ -99,7 +99,7 @@ def load_tfds(info: DatasetInfo, data_dir: Path | None, download: bool) -> RawDa
     kw = dict(data_dir=str(data_dir) if data_dir else None)
     try:
         if download:
-            tfds.builder(info.name, **kw).download_and_prepare()
+            tfds.builder(info.name, file_format="array_record", **kw).download_and_prepare()  # data_source reads it
         splits = {}
         for split in ("train", "test"):
             try:
