@@ -51,17 +51,20 @@ timeout 120 "$PY" -c "import jax; print('jax', jax.__version__, jax.default_back
 # 1. client-parallel scaling: vmap over clients, C = 1 .. 256 (the GPU case the issue asks about)
 run_part client_throughput_vmap 170 "$PY" benchmarks/client_throughput.py --strategies vmap --cps "$CPS" \
   --data-dir "$DATA" --out "$OUT_DIR/client_throughput_vmap.json"
-# 2. the paper's schedule (fraction, extrapolated to 5000 steps), evaluation included
-run_part end_to_end 140 "$PY" benchmarks/end_to_end.py --fraction "$E2E_FRACTION" --data-dir "$DATA" \
+# 2. runs (seeds) per program: S = 1, 3, 8, 24 in one vmapped program (the multi-seed axis)
+run_part runs_per_program 90 "$PY" benchmarks/runs_per_program.py --runs 1,3,8,24 --repeats 5 \
+  --data-dir "$DATA" --out "$OUT_DIR/runs_per_program.json"
+# 3. the paper's schedule (fraction, extrapolated to 5000 steps), evaluation included
+run_part end_to_end 110 "$PY" benchmarks/end_to_end.py --fraction "$E2E_FRACTION" --data-dir "$DATA" \
   --out "$OUT_DIR/end_to_end.json"
-# 3. torch reference step vs the JAX step, back to back (only if torch with CUDA is importable)
+# 4. torch reference step vs the JAX step, back to back (only if torch with CUDA is importable)
 if timeout 60 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   run_part torch_reference 80 "$PY" benchmarks/torch_reference.py --device cuda --threads "$(nproc)" \
     --jax-python "$PY" --data-dir "$DATA" --out "$OUT_DIR/torch_reference.json"
 else
   echo "== torch_reference: skipped (no torch with CUDA in $PY)"
 fi
-# 4. the other strategies at a few C (loop unrolls C client loops: compile time grows with C)
-run_part client_throughput_map_loop 100 "$PY" benchmarks/client_throughput.py --strategies map,loop --cps 1,4,16 \
+# 5. the other strategies at a few C (loop unrolls C client loops: compile time grows with C)
+run_part client_throughput_map_loop 70 "$PY" benchmarks/client_throughput.py --strategies map,loop --cps 1,4,16 \
   --data-dir "$DATA" --out "$OUT_DIR/client_throughput_map_loop.json"
 echo "== gpu_check done in $(( $(date +%s) - START )) s; results in $OUT_DIR"

@@ -1,0 +1,76 @@
+"""Runs per program: the outer step of S runs (seeds) in one compiled program, S = 1, 3, 8, 24.
+
+Builds the training loop's own program (`pfedhn_jax.trainer.Trainer`: the plain step for S = 1,
+`vmap` over a leading run axis and a 'runs' device mesh for S > 1), compiles it ahead of time
+(reported apart), then times one outer step of all S runs (median of --repeats after --warmup).
+`--cpu-devices N` splits a CPU into N XLA devices before JAX starts (runs are padded to fill them);
+compare `--cpu-devices 1` and `--cpu-devices auto` on the same machine, back to back.
+
+  run-steps/s = S / median time of one outer step of all runs    (x S=1: the gain of batching runs)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = common.base_parser("runs_per_program", __doc__)
+    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+    p.add_argument("--runs", default="1,3,8,24", help="comma list of runs per program S")
+    p.add_argument("--cpu-devices", default="1", help="'auto' or N XLA devices on a CPU (set before JAX starts)")
+    p.add_argument("--inner-steps", type=int, default=50)
+    p.add_argument("--num-clients", type=int, default=50)
+    p.add_argument("--algo", default="pfedhn", choices=("pfedhn", "pfedhn-pc"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from pfedhn_jax.distributed import set_cpu_devices
+    set_cpu_devices(args.cpu_devices)
+    import jax
+    from pfedhn_jax.builders import load_group_data
+    from pfedhn_jax.config import Config
+    from pfedhn_jax.trainer import Trainer, padded_size, run_mesh
+
+    env = common.environment(jax_info=True)
+    common.print_env(env)
+    cfg = Config(data_dir=args.data_dir, num_clients=args.num_clients, inner_steps=args.inner_steps, algo=args.algo)
+    record = {"benchmark": "runs_per_program", "command": common.cmdline(), "environment": env, "note": args.note,
+              "settings": vars(args), "rows": []}
+    base = None
+    for s in common.parse_ints(args.runs):
+        padded = padded_size(s, len(jax.devices())) if s > 1 else 1
+        seeds = list(range(s)) + [s - 1] * (padded - s)
+        data, _, _ = load_group_data(cfg, seeds)
+        trainer = Trainer(cfg, data, padded, run_mesh(padded) if padded > 1 else None)
+        holder = [trainer.init(seeds)]
+        with common.Timer() as t:
+            trainer.compile(holder[0])
+
+        def run():
+            holder[0], metrics = trainer.step(holder[0])
+            return metrics
+
+        stats = common.median_time(run, args.repeats, args.warmup, sync=jax.block_until_ready)
+        rate = s / stats["median_s"]
+        base = base or rate
+        row = {"runs": s, "padded_runs": padded, "devices": len(jax.devices()), "compile_s": t.s,
+               "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
+               "local_steps_per_s": rate * args.inner_steps, "timing": stats}
+        record["rows"].append(row)
+        print(common.table([row], ["runs", "padded_runs", "devices", "compile_s", "step_s", "run_steps_per_s",
+                                   "x_one_run", "local_steps_per_s"]), flush=True)
+        common.write_json(args.out, record)  # partial results survive a timeout
+    common.finish(args.out, record)
+    return record
+
+
+if __name__ == "__main__":
+    main()
