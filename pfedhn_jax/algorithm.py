@@ -69,6 +69,27 @@ class PFedHN:
     strategy: str = "auto"
     unroll: int = 1
 
+    def __post_init__(self):
+        """One clear ValueError per bad hyperparameter, before anything is traced."""
+        for name in ("inner_steps", "batch_size", "clients_per_step", "unroll"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"PFedHN: {name} must be a positive integer, got {v!r}")
+        for name in ("inner_lr", "lr", "embed_lr"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"PFedHN: {name} must be positive, got {v!r}")
+        for name in ("inner_wd", "wd", "inner_momentum", "momentum", "inner_clip", "clip"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"PFedHN: {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.clients_per_step > self.hnet.num_clients:
+            raise ValueError(f"PFedHN: clients_per_step {self.clients_per_step} exceeds the hypernetwork's "
+                             f"num_clients {self.hnet.num_clients}")
+        if self.strategy not in client.STRATEGIES:
+            raise ValueError(f"PFedHN: strategy must be one of {client.STRATEGIES}, got {self.strategy!r}")
+        if self.optim not in server.OPTIMIZERS:
+            raise ValueError(f"PFedHN: optim must be one of {server.OPTIMIZERS}, got {self.optim!r}")
+
     @property
     def target(self):
         return self.hnet.target

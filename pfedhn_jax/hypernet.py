@@ -155,6 +155,16 @@ class HyperNetwork:
     private: Private = ()
 
     def __post_init__(self):
+        for name, value, low in (("num_clients", self.num_clients, 1), ("hidden_dim", self.hidden_dim, 1),
+                                 ("n_hidden", self.n_hidden, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"HyperNetwork: {name} must be an integer >= {low}, got {value!r}")
+        if self.embed_dim != -1 and (not isinstance(self.embed_dim, int) or self.embed_dim < 1):
+            raise ValueError(f"HyperNetwork: embed_dim must be a positive integer or -1 (int(1 + N/4)), "
+                             f"got {self.embed_dim!r}")
+        if not (callable(getattr(self.target, "init", None)) and callable(getattr(self.target, "apply", None))):
+            raise ValueError(f"HyperNetwork: target must have init(key) and apply(params, x) (see targets.Target), "
+                             f"got {type(self.target).__name__}")
         if isinstance(self.private, str):
             object.__setattr__(self, "private", (self.private,))
         elif not callable(self.private):
