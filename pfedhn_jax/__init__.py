@@ -35,7 +35,9 @@ _EXPORTS = {
     "server_update": "server",
     "ConvNet": "targets", "cifar_cnn": "targets", "omniglot_cnn": "targets", "from_linen": "targets",
     "from_nnx": "targets",
-    "train": "loop",
+    "train": "loop", "train_seeds": "loop",
+    "from_arrays": "data.arrays", "label_split": "data.arrays", "from_tfds": "data.arrays",
+    "Target": "targets", "split_params": "hypernet", "merge_params": "hypernet",
 }
 
 __all__ = sorted(_EXPORTS)

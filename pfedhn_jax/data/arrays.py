@@ -117,20 +117,52 @@ def pixel_stats(x: np.ndarray, positions: np.ndarray | None = None,
                 chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std (C,) of uint8 images on the [0, 1] scale, over x[positions].
 
-    Accumulated in float64 over chunks of rows, so a 50k-image dataset needs no float copy.
-    A constant channel gets std 1 (nothing to scale).
+    Counted as one 256-bin histogram per channel (exact, and no float copy of the images), over
+    chunks of rows; a repeated position counts once. A constant channel gets std 1.
     """
     rows = np.arange(len(x)) if positions is None else np.unique(positions)
     c = x.shape[-1]
-    s, s2 = np.zeros(c), np.zeros(c)
+    offset = 256 * np.arange(c)
+    hist = np.zeros(256 * c, np.int64)
     for start in range(0, len(rows), chunk):
-        block = x[rows[start:start + chunk]].reshape(-1, c).astype(np.float64) / 255.0
-        s += block.sum(0)
-        s2 += np.square(block).sum(0)
-    n = len(rows) * (x[0].size // c)
-    mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+        block = x[rows[start:start + chunk]].reshape(-1, c)
+        hist += np.bincount((block + offset).ravel(), minlength=256 * c)
+    hist = hist.reshape(c, 256)
+    v = np.arange(256) / 255.0
+    n = hist.sum(1)
+    mean = hist @ v / n
+    std = np.sqrt(np.maximum(hist @ v ** 2 / n - mean ** 2, 0.0))
     return mean, np.where(std > 0, std, 1.0)
+
+
+def normalisation(x: np.ndarray, train_positions: np.ndarray, mean: float | ArrayLike | None,
+                  std: float | ArrayLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, std) as `FederatedData` stores them: images() computes (x / 255 - mean) / std.
+
+    uint8 x: kept; mean / std on the [0, 1] scale, by default the statistics of x[train_positions].
+    float x: float32; mean / std (default 0 and 1) scaled by 1/255, so that images() computes
+    (x - mean) / std on the features' own scale. Any other dtype is refused.
+    """
+    channels = x.shape[-1]
+    mean, std = _channel_stats(mean, "mean", channels), _channel_stats(std, "std", channels)
+    if x.dtype == np.uint8:
+        if (mean is not None and np.any(np.abs(mean) > 1)) or (std is not None and np.any(std > 1)):
+            given = f"mean {None if mean is None else mean.tolist()}, std {None if std is None else std.tolist()}"
+            raise ArrayError(f"mean, std: for uint8 images they are on the [0, 1] scale (x / 255), got {given}; "
+                             "divide values given on the 0..255 scale by 255")
+        if mean is None or std is None:
+            m, s = pixel_stats(x, train_positions)
+            mean, std = (m if mean is None else mean), (s if std is None else std)
+        return x, mean, std
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.all(np.isfinite(x)):
+            raise ArrayError("x: float features contain NaN or inf; clean or impute them first")
+        mean = np.zeros(channels) if mean is None else mean
+        std = np.ones(channels) if std is None else std
+        return x.astype(np.float32), mean / 255.0, std / 255.0
+    raise ArrayError(f"x: dtype {x.dtype} is neither uint8 images nor float features; cast it: "
+                     "x.astype(np.uint8) for pixels on 0..255 (divided by 255, then normalised), or "
+                     "x.astype(np.float32) for features used as given (normalised by mean / std if given)")
 
 
 # ----------------------------------------------------------------------------- from arrays
@@ -168,29 +200,7 @@ def from_arrays(x: ArrayLike, y: ArrayLike, train: Sequence[ArrayLike], val: Seq
     val = None if val is None else check_positions(val, "val", len(x), len(train), allow_empty=True)
     if val is None or not any(len(v) for v in val):
         val = test  # no validation samples: select on test, as the CLI with --val-size 0
-    channels = x.shape[-1]
-    mean, std = _channel_stats(mean, "mean", channels), _channel_stats(std, "std", channels)
-
-    if x.dtype == np.uint8:
-        if (mean is not None and np.any(np.abs(mean) > 1)) or (std is not None and np.any(std > 1)):
-            raise ArrayError(f"mean, std: for uint8 images they are on the [0, 1] scale (x / 255), got mean "
-                             f"{None if mean is None else mean.tolist()}, std {None if std is None else std.tolist()}; "
-                             "divide values given on the 0..255 scale by 255")
-        if mean is None or std is None:
-            m, s = pixel_stats(x, np.concatenate(train))
-            mean, std = (m if mean is None else mean), (s if std is None else std)
-    elif np.issubdtype(x.dtype, np.floating):
-        if not np.all(np.isfinite(x)):
-            raise ArrayError("x: float features contain NaN or inf; clean or impute them first")
-        # images() computes (x / 255 - mean') / std'; with mean' = mean / 255, std' = std / 255 it is (x - mean) / std.
-        mean = (np.zeros(channels) if mean is None else mean) / 255.0
-        std = (np.ones(channels) if std is None else std) / 255.0
-        x = x.astype(np.float32)
-    else:
-        raise ArrayError(f"x: dtype {x.dtype} is neither uint8 images nor float features; cast it: "
-                         "x.astype(np.uint8) for pixels on 0..255 (divided by 255, then normalised), or "
-                         "x.astype(np.float32) for features used as given (normalised by mean / std if given)")
-
+    x, mean, std = normalisation(x, np.concatenate(train), mean, std)
     return FederatedData(
         jnp.asarray(x), jnp.asarray(y), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32),
         train=pad_clients(train, min_len=batch_size), val=pad_clients(val), test=pad_clients(test))
@@ -270,7 +280,7 @@ def from_tfds(name: str, data_dir: str | os.PathLike | None = None, num_clients:
     d = str(data_dir) if data_dir is not None else None
     try:
         if download:
-            tfds.builder(name, data_dir=d).download_and_prepare()
+            tfds.builder(name, file_format="array_record", data_dir=d).download_and_prepare()  # data_source reads it
         (x_tr, y_tr), (x_te, y_te) = (_read_tfds(tfds, name, s, d, image_key, label_key)
                                       for s in (train_split, test_split))
     except Exception as e:
