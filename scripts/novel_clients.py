@@ -61,10 +61,15 @@ def parser() -> argparse.ArgumentParser:
     a("--fit-optimizer", default="adam", choices=("adam", "sgd"), help="embedding optimizer (default: adam)")
     a("--fit-init", default="mean", choices=("mean", "normal"),
       help="initial novel embedding: mean of the trained ones, or N(0,1) (default: mean)")
+    a("--compare-init", action="store_true",
+      help="also fit from the other --fit-init and record that accuracy (acc_other_init) for comparison")
     a("--fedavg-clients", type=int, default=10, help="FedAvg clients per round (default: 10)")
     a("--fedavg-rounds", type=int, default=None,
       help="FedAvg rounds (default: steps / fedavg-clients, the same number of local updates as pFedHN)")
     a("--finetune-lr", type=float, default=None, help="baseline fine-tuning SGD lr (default: the local lr, 5e-3)")
+    a("--strategy", default="vmap", choices=("vmap", "map", "loop", "auto"),
+      help="how the baseline's clients run: vmap (default), lax.map or a loop (same numbers; map is faster "
+           "on CPU); the embedding fit is always vmapped")
     a("--seed", type=int, default=42, help="seed of the split, the initialisations and every draw (default: 42)")
     a("--out", required=True, help="output folder (created; novel.json and gap_vs_tv.png are overwritten)")
     return p
@@ -206,6 +211,14 @@ def run(args: argparse.Namespace) -> int:
     fit_loss = np.asarray(fit.loss)
     log(f"  training clients: pooled test accuracy {train_sum['acc']:.4f}; novel fit loss {fit_loss[0].mean():.3f} "
         f"-> {fit_loss[-1].mean():.3f}, novel accuracy {summarize(novel_m)['acc']:.4f} ({t_fit:.0f} s)")
+    other_m = None
+    if args.compare_init:   # the same program (same keys and batches), started from the other init
+        other = {"mean": "normal", "normal": "mean"}[args.fit_init]
+        fit_o = novel.fit_novel_embeddings(alg, hparams, alld, novel_train, k_fit, steps=args.fit_steps,
+                                           lr=args.fit_lr, optimizer=args.fit_optimizer, init=other)
+        other_m = part(evaluate_all(cat(train_theta, novel.novel_params(alg, hparams, fit_o.embeddings))),
+                       slice(n, None))
+        log(f"  fitted from init {other} instead: novel accuracy {summarize(other_m)['acc']:.4f}")
 
     # ---- FedAvg + fine-tuning
     rounds = args.fedavg_rounds if args.fedavg_rounds is not None else max(1, args.steps // args.fedavg_clients)
@@ -214,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
                                                                     local.weight_decay, local.clip)
     log(f"training FedAvg: {rounds} rounds x {args.fedavg_clients} clients x {args.inner_steps} local steps ...")
     t0 = time.perf_counter()
-    fa = novel.fedavg_train(alg.target, jax.jit(alg.target.init)(k_fa_init), data, k_fedavg, rounds,
-                            args.fedavg_clients, args.inner_steps, args.batch_size, local)
+    # (the initial weights eagerly: compiling a random init costs more than running it op by op)
+    fa = novel.fedavg_train(alg.target, alg.target.init(k_fa_init), data, k_fedavg, rounds,
+                            args.fedavg_clients, args.inner_steps, args.batch_size, local, args.strategy)
     jax.block_until_ready(fa.params)
     t_fedavg = time.perf_counter() - t0
     log(f"  FedAvg done ({t_fedavg:.0f} s); fine-tuning on each of the {n} training + {m} novel clients for "
@@ -223,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     fa_global = evaluate_all(novel.broadcast_clients(fa.params, n + m))
     fa_met = evaluate_all(novel.finetune(alg.target, fa.params, alld, alld.train, k_ft, args.fit_steps,
-                                         args.batch_size, ft_local))
+                                         args.batch_size, ft_local, args.strategy))
     t_ft = time.perf_counter() - t0
     fa_train, fa_novel = part(fa_met, slice(0, n)), part(fa_met, slice(n, None))
     fa_train_g, fa_novel_g = part(fa_global, slice(0, n)), part(fa_global, slice(n, None))
@@ -244,12 +258,13 @@ def run(args: argparse.Namespace) -> int:
             "baseline_acc": acc(fa_novel)[j], "baseline_acc_global": acc(fa_novel_g)[j],
             "baseline_gap": float(base_gap[j]),
             "fit_loss_first": float(fit_loss[0, j]), "fit_loss_last": float(fit_loss[-1, j]),
-        })
+        } | ({"acc_other_init": acc(other_m)[j]} if other_m is not None else {}))
     by_alpha = {}
     for a in sorted(set(float(x) for x in alphas)):
         sel = [r for r in rows if r["alpha"] == a]
-        by_alpha[f"{a:g}"] = {k: float(np.mean([r[k] for r in sel]))
-                              for k in ("tv", "acc", "gap", "baseline_acc", "baseline_gap")} | {"clients": len(sel)}
+        keys = ("tv", "tv_nearest_train_client", "acc", "acc_at_init", "gap", "baseline_acc", "baseline_gap") + \
+            (("acc_other_init",) if other_m is not None else ())
+        by_alpha[f"{a:g}"] = {k: float(np.mean([r[k] for r in sel])) for k in keys} | {"clients": len(sel)}
     res = {
         "dataset": args.dataset, "label": label, "source": raw.source, "sha256": raw.sha256,
         "args": {k: v for k, v in vars(args).items()}, "fedavg_rounds": rounds,

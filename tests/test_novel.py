@@ -216,12 +216,13 @@ def test_generalization_gap_is_against_pooled_training_accuracy():
 # ----------------------------------------------------------------------------- (e) the script
 
 
+@pytest.mark.slow
 def test_script_end_to_end(tmp_path, data_dir):
     out = tmp_path / "novel"
     cmd = [sys.executable, str(ROOT / "scripts" / "novel_clients.py"), "--data-dir", str(data_dir),
            "--num-clients", "4", "--num-novel", "2", "--novel-alphas", "0.5,5", "--alpha-train", "0.5",
            "--steps", "2", "--inner-steps", "2", "--batch-size", "16", "--fit-steps", "2", "--fedavg-clients", "2",
-           "--seed", "3", "--out", str(out)]
+           "--compare-init", "--seed", "3", "--out", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "training pFedHN" in p.stderr and "fitting 2 novel embeddings" in p.stderr
@@ -232,6 +233,7 @@ def test_script_end_to_end(tmp_path, data_dir):
     for r in res["novel"]:
         assert 0 <= r["tv"] <= 1 and 0 <= r["acc"] <= 1 and 0 <= r["baseline_acc"] <= 1
         assert r["gap"] == pytest.approx(r["acc"] - res["train_clients"]["pooled_test_acc"])
+        assert 0 <= r["acc_other_init"] <= 1 and 0 <= r["tv_nearest_train_client"] <= 1
 
 
 def test_script_bad_flags():

@@ -1,0 +1,495 @@
+"""Generalisation to novel clients (paper Sec. 5.3; never released by the authors).
+
+Train pFedHN on N clients, then meet M clients it has never seen. For each novel client the
+hypernetwork φ is frozen and only a new embedding vector is learned from the client's own training
+data; its generated network is evaluated on its test data. The quantity of interest is the
+generalisation gap (novel accuracy minus the training clients' pooled test accuracy) as a function
+of the label shift (total-variation distance to the training clients' pooled label distribution).
+The baseline is FedAvg over the training clients, then fine-tuned on each client with the same
+budget. docs/novel_clients.md states every definition and choice made here.
+
+Pieces (pure functions over pytrees; host NumPy for the split):
+  novel_alphas, make_novel_split      Dirichlet label split with α_train for training clients and
+                                      one α per novel client (a sweep), deterministic from a seed
+  label_distribution, pooled_distribution, tv_distance        the shift measure
+  with_clients                        device data for another set of clients (images shared)
+  fit_novel_embeddings                φ frozen, K embeddings fitted in ONE vmapped, jitted program
+  novel_params, evaluate, generalization_gap                  evaluation
+  fedavg_train, finetune              the FedAvg + fine-tuning baseline (clients vmapped)
+  train_pfedhn                        a plain outer loop over `PFedHN.step` for this experiment
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pfedhn_jax import client
+from pfedhn_jax.algorithm import PFedHN, TrainState
+from pfedhn_jax.builders import compiler_options as cpu_compiler_options
+from pfedhn_jax.data import partition
+from pfedhn_jax.data.federated import ClientIndex, FederatedData, SplitSummary, pad_clients, sample_batch
+from pfedhn_jax.evaluate import ClientMetrics, evaluate_clients
+from pfedhn_jax.targets import Params, Target
+
+FIT_OPTIMIZERS = ("adam", "sgd")
+FIT_INITS = ("mean", "normal")
+
+
+@functools.cache
+def _jit(fn: Callable, static_argnames: tuple[str, ...]) -> Callable:
+    """`fn` jitted once per process, with the project's per-backend XLA options
+    (`builders.compiler_options`, as the training step uses)."""
+    return jax.jit(fn, static_argnames=static_argnames, compiler_options=cpu_compiler_options())
+
+
+# ----------------------------------------------------------------------------- the split
+
+
+class NovelSplit(NamedTuple):
+    """Training and novel clients of one Dirichlet split; no sample belongs to two clients.
+
+    Indices are positions in [x_train; x_test] (as `SplitSummary`), so `to_device` / `with_clients`
+    take either part.
+    """
+
+    train: SplitSummary       # the N training clients
+    novel: SplitSummary       # the M novel clients
+    alpha_train: float        # concentration of every training client
+    novel_alpha: np.ndarray   # (M,) concentration each novel client was drawn with
+    drawn: np.ndarray         # (N + M, n_classes) the drawn label distributions q_i (train first)
+
+    def combined(self) -> SplitSummary:
+        """All N + M clients in one split, training clients first (one program evaluates them all)."""
+        a, b = self.train, self.novel
+        return SplitSummary(partition.Assignment(np.concatenate([a.assignment.classes, b.assignment.classes]),
+                                                 np.concatenate([a.assignment.shares, b.assignment.shares])),
+                            a.train + b.train, a.val + b.val, a.test + b.test)
+
+
+def novel_alphas(sweep: Sequence[float], num_novel: int) -> np.ndarray:
+    """The α of each novel client: the sweep repeated in order, (num_novel,) float64.
+
+    novel_alphas([0.1, 1, 10], 5) -> [0.1, 1, 10, 0.1, 1]; a multiple of len(sweep) gives every α
+    the same number of clients.
+    """
+    sweep = np.asarray(sweep, np.float64)
+    if sweep.ndim != 1 or sweep.size == 0:
+        raise ValueError(f"sweep must be a non-empty list of concentrations, got {sweep.tolist()}")
+    if not np.all(np.isfinite(sweep) & (sweep > 0)):
+        raise ValueError(f"every α of the sweep must be positive and finite, got {sweep.tolist()}")
+    if num_novel < 1:
+        raise ValueError(f"num_novel must be a positive integer, got {num_novel}")
+    return np.resize(sweep, num_novel)
+
+
+def dirichlet_shift_assignment(n_classes: int, alphas: np.ndarray, class_freq: np.ndarray,
+                               rng: np.random.Generator) -> tuple[partition.Assignment, np.ndarray]:
+    """Per-client label distributions q_i ~ Dir(α_i · 1_C), realised with equal client sizes.
+
+    alphas (K,) one concentration per client; class_freq (C,) the class frequencies of the set the
+    shares refer to (the training pool). Client i gets share s_ic = λ q_ic / f_c of class c, with
+    the largest λ such that no class is over-assigned (Σ_i s_ic ≤ 1): every client then holds about
+    λ·T samples of a set of T samples, in proportions q_i (up to flooring). Unlike
+    `partition.dirichlet_assignment` (each CLASS divided among clients), this draws each CLIENT's
+    distribution, so every client can have its own α (Hsu et al., 2019).
+    Returns (Assignment with k = C, q (K, C)).
+    """
+    alphas = np.asarray(alphas, np.float64)
+    class_freq = np.asarray(class_freq, np.float64)
+    if class_freq.shape != (n_classes,) or np.any(class_freq <= 0):
+        raise ValueError(f"class_freq must be ({n_classes},) positive frequencies (every class present), "
+                         f"got {np.round(class_freq, 4).tolist()}")
+    q = np.stack([rng.dirichlet(np.full(n_classes, a)) for a in alphas])  # (K, C)
+    lam = float(np.min(class_freq / np.maximum(q.sum(0), 1e-300)))
+    shares = lam * q / class_freq
+    classes = np.tile(np.arange(n_classes), (len(alphas), 1))
+    return partition.Assignment(classes, shares), q
+
+
+def make_novel_split(y_train: np.ndarray, y_test: np.ndarray, n_classes: int, num_train_clients: int,
+                     alpha_train: float, novel_alpha: Sequence[float], seed: int,
+                     val_size: int = 0) -> NovelSplit:
+    """Dirichlet split of a dataset into N training clients (α_train each) and M novel clients.
+
+    y_train (n_train,), y_test (n_test,) int labels in [0, n_classes); novel_alpha (M,) the α of
+    each novel client (see `novel_alphas`). All N + M clients are drawn and split together
+    (`dirichlet_shift_assignment`, then `partition.split_indices` on each set with its own shuffle),
+    so no sample goes to two clients, and each client's test labels follow its training labels.
+    val_size images are first carved out of the training set for validation (0: none; the novel
+    experiment selects nothing on validation). Deterministic from `seed` (SeedSequence -> Generators).
+    Raises ValueError naming the bad argument, or when some client gets no train or test sample.
+    """
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    novel_alpha = np.asarray(novel_alpha, np.float64).reshape(-1)
+    if num_train_clients < 1:
+        raise ValueError(f"num_train_clients must be a positive integer, got {num_train_clients}")
+    if not (np.isfinite(alpha_train) and alpha_train > 0):
+        raise ValueError(f"alpha_train must be positive and finite, got {alpha_train}")
+    if novel_alpha.size == 0 or not np.all(np.isfinite(novel_alpha) & (novel_alpha > 0)):
+        raise ValueError(f"novel_alpha must be a non-empty list of positive concentrations, got {novel_alpha.tolist()}")
+    if not 0 <= val_size < len(y_train):
+        raise ValueError(f"val_size must be in [0, {len(y_train)}), got {val_size}")
+    for name, y in (("y_train", y_train), ("y_test", y_test)):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 0 or y.max() >= n_classes)):
+            raise ValueError(f"{name} must be 1-D integer labels in [0, {n_classes}), got {y.dtype} {y.shape}")
+    n, m = num_train_clients, novel_alpha.size
+    r_val, r_dir, r_train, r_vsplit, r_test = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    train_pool, val_pool = partition.validation_carve_out(len(y_train), val_size, r_val)
+    freq = np.bincount(y_train[train_pool], minlength=n_classes) / len(train_pool)
+    alphas = np.concatenate([np.full(n, float(alpha_train)), novel_alpha])
+    assignment, q = dirichlet_shift_assignment(n_classes, alphas, freq, r_dir)
+    train = [train_pool[ix] for ix in partition.split_indices(y_train[train_pool], assignment, n_classes, r_train)]
+    val = [val_pool[ix] for ix in partition.split_indices(y_train[val_pool], assignment, n_classes, r_vsplit)]
+    test = [ix + len(y_train) for ix in partition.split_indices(y_test, assignment, n_classes, r_test)]
+    for name, lists in (("training", train), ("test", test)):
+        empty = [i for i, ix in enumerate(lists) if len(ix) == 0]
+        if empty:
+            raise ValueError(f"{len(empty)} of {n + m} clients get no {name} samples (the most concentrated "
+                             "classes run out); use fewer clients or larger α")
+    part = lambda sl: SplitSummary(partition.Assignment(assignment.classes[sl], assignment.shares[sl]),
+                                   train[sl], val[sl], test[sl])
+    return NovelSplit(part(slice(0, n)), part(slice(n, n + m)), float(alpha_train), novel_alpha, q)
+
+
+# ----------------------------------------------------------------------------- shift measure
+
+
+def label_distribution(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Empirical label distribution of one client: labels (n,) int -> (n_classes,) summing to 1."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}), got [{labels.min()}, {labels.max()}]")
+    return np.bincount(labels, minlength=n_classes) / labels.size
+
+
+def pooled_distribution(labels_per_client: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """The pooled label distribution of several clients: all their labels together, (n_classes,).
+
+    Equal to the average of their label distributions weighted by their sample counts.
+    """
+    if not len(labels_per_client):
+        raise ValueError("labels_per_client must hold at least one client")
+    return label_distribution(np.concatenate([np.asarray(y).reshape(-1) for y in labels_per_client]), n_classes)
+
+
+def tv_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Total-variation distance 0.5 · Σ_c |p_c − q_c| between two distributions (C,), in [0, 1].
+
+    p and q must be probability vectors of one length: non-negative and summing to 1 (±1e-6).
+    """
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    if p.ndim != 1 or p.shape != q.shape:
+        raise ValueError(f"p and q must be 1-D of the same length, got shapes {p.shape} and {q.shape}")
+    for name, d in (("p", p), ("q", q)):
+        if not np.all(np.isfinite(d)) or np.any(d < 0) or abs(d.sum() - 1.0) > 1e-6:
+            raise ValueError(f"{name} must be a probability vector (non-negative, sum 1), got sum {d.sum():.6g}")
+    return float(0.5 * np.abs(p - q).sum())
+
+
+# ----------------------------------------------------------------------------- device data
+
+
+def with_clients(data: FederatedData, split: SplitSummary, batch_size: int) -> FederatedData:
+    """The same images (not copied) with the per-client index arrays of another set of clients.
+
+    split: positions into data.x (e.g. `NovelSplit.novel`); its train index is padded to at least
+    batch_size (as `to_device`); an empty validation split is replaced by the test split.
+    """
+    val = split.val if any(len(v) for v in split.val) else split.test
+    return data._replace(train=pad_clients(split.train, batch_size), val=pad_clients(val),
+                         test=pad_clients(split.test))
+
+
+# ----------------------------------------------------------------------------- fitting embeddings
+
+
+def _fit_optimizer(optimizer: str, lr: float, momentum: float) -> optax.GradientTransformation:
+    """Elementwise optimizers only (no global-norm clipping), so rows (clients) never interact."""
+    if optimizer == "adam":
+        return optax.adam(lr)
+    return optax.sgd(lr, momentum=momentum)
+
+
+def _fit(alg: PFedHN, hnet_params: Params, data: FederatedData, split: ClientIndex, emb0: jax.Array,
+         keys: jax.Array, steps: int, batch_size: int, optimizer: str, lr: float, momentum: float):
+    hnet, k = alg.hnet, emb0.shape[0]
+    ids = jnp.arange(k)
+    frozen = {name: jax.lax.stop_gradient(v) for name, v in hnet_params.items() if name != "embeddings"}
+    opt = _fit_optimizer(optimizer, lr, momentum)
+
+    def client_loss(theta, batch):
+        x, y, mask = batch
+        return client.masked_cross_entropy(alg.target.apply(theta, x), y, mask)
+
+    def total_loss(table, batches):
+        theta = hnet.apply({**frozen, "embeddings": table}, ids)        # leaves (K, ...)
+        losses = jax.vmap(client_loss)(theta, batches)                    # (K,)
+        return losses.sum(), losses   # row k of the gradient = ∂ loss_k / ∂ e_k
+
+    def step(carry, step_keys):
+        table, opt_state = carry
+        batches = jax.vmap(lambda c, kk: sample_batch(data, split, c, kk, batch_size))(ids, step_keys)
+        (_, losses), g = jax.value_and_grad(total_loss, has_aux=True)(table, batches)
+        updates, opt_state = opt.update(g, opt_state, table)
+        return (optax.apply_updates(table, updates), opt_state), losses
+
+    step_keys = jnp.swapaxes(jax.vmap(lambda kk: jax.random.split(kk, steps))(keys), 0, 1)  # (steps, K)
+    (table, _), losses = jax.lax.scan(step, (emb0, opt.init(emb0)), step_keys)
+    return table, losses
+
+
+class NovelFit(NamedTuple):
+    embeddings: jax.Array   # (K, e) the fitted embedding of each novel client
+    init: jax.Array         # (K, e) where the fit started
+    loss: jax.Array         # (steps, K) training loss of each step's batch, before its update
+
+
+def init_embeddings(hnet_params: Params, num: int, how: str = "mean", key: jax.Array | None = None) -> jax.Array:
+    """Starting embeddings for `num` novel clients, (num, e).
+
+    'mean': every client starts at the mean of the trained embeddings (the "average client"; the
+    default, see `fit_novel_embeddings`). 'normal': N(0, 1) draws from `key`, the distribution the
+    training embeddings were initialised from (`HyperNetwork.init`).
+    """
+    table = hnet_params["embeddings"]
+    if how == "mean":
+        return jnp.broadcast_to(table.mean(0), (num, table.shape[1]))
+    if how == "normal":
+        if key is None:
+            raise ValueError("init='normal' needs a PRNG key")
+        return jax.random.normal(key, (num, table.shape[1]), table.dtype)
+    raise ValueError(f"init must be one of {FIT_INITS}, got {how!r}")
+
+
+def fit_novel_embeddings(alg: PFedHN, hnet_params: Params, data: FederatedData, split: ClientIndex,
+                         key: jax.Array, steps: int = 100, lr: float = 0.05, optimizer: str = "adam",
+                         init: str | jax.Array = "mean", batch_size: int | None = None,
+                         momentum: float = 0.9) -> NovelFit:
+    """Learn one new embedding per novel client with the hypernetwork φ frozen.
+
+    For client k (k < K, the clients of `split`, e.g. `with_clients(...).train`) minimise the mean
+    cross-entropy of the generated network h(e_k; φ) on its own training batches with respect to
+    e_k only: the gradient flows through the frozen hypernetwork into the embedding. Each step draws
+    a fresh batch per client with `sample_batch` (batch_size: default alg.batch_size), exactly as a
+    local step of training does. φ (every entry of hnet_params but 'embeddings') is never updated,
+    and the training clients' embedding table is only read (for init='mean').
+
+    All K clients are fitted in ONE jitted program: one `lax.scan` over steps; in each step the
+    hypernetwork is applied to the (K, e) table of novel embeddings with ids arange(K) and the
+    target's loss is `vmap`ped over the K clients. The optimizer is elementwise (Adam, or SGD with
+    momentum), so client k's embedding depends only on its own data and keys: fitting a subset
+    gives the same embeddings as fitting all of them (tests check it).
+
+    key: one PRNG key (split into K, one per client), or K keys (K,) (client k uses keys[k] only).
+    init: 'mean' | 'normal' or an explicit (K, e) array. 'mean': every client starts at the mean of
+      the trained embeddings; 'normal': client k draws N(0, 1) from fold_in(its key, 1).
+    Defaults: Adam with lr 0.05 for 100 steps of batch 64 (alg.batch_size). Adam because the
+    embedding is a handful of coordinates whose gradient scale through the hypernetwork is unknown;
+    Adam moves each coordinate by about lr per step whatever that scale, so 100 steps can travel
+    ~5 units, the spread of the trained embeddings (N(0,1)-initialised). The starting point 'mean'
+    is deterministic and lies in the region of embedding space the hypernetwork was trained on; an
+    N(0,1) draw need not. docs/novel_clients.md compares the two on real data.
+    Returns NovelFit(embeddings (K, e), init (K, e), loss (steps, K)).
+    """
+    if alg.hnet.private:
+        raise ValueError("fit_novel_embeddings: pFedHN-PC keeps a private head per client, which a novel "
+                         "client does not have; use a pFedHN hypernetwork (hnet.private = ())")
+    if "embeddings" not in hnet_params:
+        raise ValueError("hnet_params must be a HyperNetwork's params (with an 'embeddings' table)")
+    if optimizer not in FIT_OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {FIT_OPTIMIZERS}, got {optimizer!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    k = int(split.count.shape[0])
+    e = int(hnet_params["embeddings"].shape[1])
+    batch_size = alg.batch_size if batch_size is None else int(batch_size)
+    if not 1 <= batch_size <= split.index.shape[1]:
+        raise ValueError(f"batch_size must be in [1, {split.index.shape[1]}] (the padded length of the split), "
+                         f"got {batch_size}")
+    if jnp.ndim(key) == 0 or (not jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and jnp.shape(key) == (2,)):
+        keys = jax.random.split(key, k)
+    else:
+        keys = key
+        if keys.shape[0] != k:
+            raise ValueError(f"key must be one PRNG key or {k} keys (one per client), got shape {keys.shape}")
+    if isinstance(init, str):
+        if init == "normal":   # client k's start from its own key, so subsets still fit alike
+            emb0 = jax.vmap(lambda kk: jax.random.normal(jax.random.fold_in(kk, 1), (e,)))(keys)
+        else:
+            emb0 = init_embeddings(hnet_params, k, init)
+    else:
+        emb0 = jnp.asarray(init, hnet_params["embeddings"].dtype)
+        if emb0.shape != (k, e):
+            raise ValueError(f"init must be 'mean', 'normal' or an array of shape ({k}, {e}), got {emb0.shape}")
+    fit = _jit(_fit, ("alg", "steps", "batch_size", "optimizer", "lr", "momentum"))
+    table, losses = fit(alg, hnet_params, data, split, emb0, keys, int(steps), batch_size, optimizer, float(lr),
+                        float(momentum))
+    return NovelFit(table, emb0, losses)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def novel_params(alg: PFedHN, hnet_params: Params, embeddings: jax.Array) -> Params:
+    """The networks generated for explicit embeddings (K, e): θ leaves (K, ...), φ frozen."""
+    emb = jnp.asarray(embeddings)
+    return alg.hnet.apply({**hnet_params, "embeddings": emb}, jnp.arange(emb.shape[0]))
+
+
+def evaluate(apply_fn: Callable[[Params, jax.Array], jax.Array], params: Params, data: FederatedData,
+             split: ClientIndex) -> ClientMetrics:
+    """`evaluate.evaluate_clients` under jit: client i's params (leaves (N, ...)) on its samples of split."""
+    return _jit(evaluate_clients, ("apply_fn", "clients_per_batch"))(apply_fn, params, data, split)
+
+
+def generalization_gap(novel: ClientMetrics, train: ClientMetrics) -> np.ndarray:
+    """Per novel client: its test accuracy minus the POOLED test accuracy of the training clients.
+
+    Pooled = total correct / total test samples over all training clients (the reference's
+    headline accuracy, `evaluate.summarize`). Returns (K,) float64; negative = worse than training.
+    """
+    nc, nt = (np.asarray(a, np.float64) for a in (novel.correct, novel.total))
+    tc, tt = (np.asarray(a, np.float64) for a in (train.correct, train.total))
+    return nc / np.maximum(nt, 1) - tc.sum() / max(tt.sum(), 1)
+
+
+# ----------------------------------------------------------------------------- FedAvg baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSGD:
+    """The client optimizer of the baseline; defaults = pFedHN's local SGD (docs/reference.md §3)."""
+
+    lr: float = 5e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    clip: float | None = 50.0
+
+    @classmethod
+    def of(cls, alg: PFedHN) -> "LocalSGD":
+        """The local optimizer of a PFedHN record (inner_lr, inner_momentum, inner_wd, inner_clip)."""
+        return cls(alg.inner_lr, alg.inner_momentum, alg.inner_wd, alg.inner_clip)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return client.sgd(self.lr, self.momentum, self.weight_decay, self.clip)
+
+
+def _local_sgd(target: Target, params: Params, data: FederatedData, split: ClientIndex, cid: jax.Array,
+               key: jax.Array, steps: int, batch_size: int, local: LocalSGD) -> client.LocalResult:
+    """`client.local_update` of full target params (no private part) on client cid of split."""
+    batch_fn = lambda kb: sample_batch(data, split, cid, kb, batch_size)
+    return client.local_update(target.apply, params, {}, optax.EmptyState(), batch_fn, key, steps,
+                               local.optimizer(), optax.identity())
+
+
+class FedAvgResult(NamedTuple):
+    params: Params          # the global target params after the last round
+    client_ids: jax.Array   # (rounds, C) the clients of each round
+    loss: jax.Array         # (rounds, C) mean local training loss
+
+
+def fedavg_train(target: Target, params: Params, data: FederatedData, key: jax.Array, rounds: int,
+                 clients_per_round: int, local_steps: int = 50, batch_size: int = 64,
+                 local: LocalSGD = LocalSGD(), strategy: str = "vmap") -> FedAvgResult:
+    """FedAvg (McMahan et al., 2017) over the clients of data.train, in one jitted program.
+
+    params: the initial global weights (e.g. `jax.jit(target.init)(key)`; drawn outside because
+    random init inside this program multiplies its compile time on CPU). Each round C of the N
+    clients (without replacement) run `local_steps` SGD steps (`local`, a fresh optimizer state,
+    batches by `sample_batch`) from the global weights, all C under vmap; the server sets the global
+    weights to their average weighted by the clients' training-sample counts. key: one PRNG key;
+    round r uses split(key, rounds)[r], split again into (client draw, local keys).
+    strategy: how the C clients run, `client.run_clients` ('vmap', the default; 'map' / 'loop'
+    compute the same numbers and are faster on CPU; 'auto' picks per backend).
+    """
+    n = data.train.count.shape[0]
+    if not 1 <= clients_per_round <= n:
+        raise ValueError(f"clients_per_round must be in [1, {n}], got {clients_per_round}")
+    if rounds < 1 or local_steps < 1:
+        raise ValueError(f"rounds and local_steps must be positive integers, got {rounds} and {local_steps}")
+    client.resolve_strategy(strategy, clients_per_round)   # one clear error for a bad name
+    return _jit(_fedavg, ("target", "rounds", "clients_per_round", "local_steps", "batch_size", "local", "strategy"))(
+        target, params, data, key, rounds, clients_per_round, local_steps, batch_size, local, strategy)
+
+
+def _fedavg(target, params, data, key, rounds, clients_per_round, local_steps, batch_size, local, strategy):
+    n = data.train.count.shape[0]
+
+    def one_round(params, k):
+        k_ids, k_local = jax.random.split(k)
+        ids = jax.random.choice(k_ids, n, (clients_per_round,), replace=False)
+        res = client.run_clients(
+            lambda c, kk: _local_sgd(target, params, data, data.train, c, kk, local_steps, batch_size, local),
+            (ids, jax.random.split(k_local, clients_per_round)), strategy)
+        w = data.train.count[ids].astype(jnp.float32)
+        w = w / w.sum()
+        avg = jax.tree.map(lambda t: jnp.tensordot(w, t, axes=1), res.theta)
+        return avg, (ids, res.loss)
+
+    params, (ids, loss) = jax.lax.scan(one_round, params, jax.random.split(key, rounds))
+    return FedAvgResult(params, ids, loss)
+
+
+def finetune(target: Target, params: Params, data: FederatedData, split: ClientIndex, key: jax.Array,
+             steps: int, batch_size: int = 64, local: LocalSGD = LocalSGD(), strategy: str = "vmap") -> Params:
+    """Fine-tune one model (leaves without a client axis) on each client of split, all K under vmap.
+
+    Client k runs `steps` SGD steps (`local`, fresh state) on batches `sample_batch(data, split, k)`
+    from `params`. key: one PRNG key (split into K). strategy: as `fedavg_train` (default 'vmap').
+    Returns per-client params, leaves (K, ...).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    client.resolve_strategy(strategy, 1)
+    return _jit(_finetune, ("target", "steps", "batch_size", "local", "strategy"))(
+        target, params, data, split, key, steps, batch_size, local, strategy)
+
+
+def _finetune(target, params, data, split, key, steps, batch_size, local, strategy):
+    k = split.count.shape[0]
+    res = client.run_clients(lambda c, kk: _local_sgd(target, params, data, split, c, kk, steps, batch_size, local),
+                             (jnp.arange(k), jax.random.split(key, k)), strategy)
+    return res.theta
+
+
+def broadcast_clients(params: Params, num: int) -> Params:
+    """One model for `num` clients: leaves (...) -> (num, ...) (e.g. to evaluate a global model)."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num,) + a.shape), params)
+
+
+# ----------------------------------------------------------------------------- pFedHN training
+
+
+def train_pfedhn(alg: PFedHN, data: FederatedData, key: jax.Array, steps: int,
+                 log: Callable[[int, float], None] | None = None, log_every: int = 50,
+                 compiler_options: dict | None = None) -> TrainState:
+    """`steps` outer steps of `alg.step` (jitted) from `alg.init(key)`; the standard loop without
+    evaluation, checkpoints or resume. log(step, mean local loss since the last call) every
+    log_every steps and after the last one. compiler_options: default `builders.compiler_options()`.
+    Raises FloatingPointError on a non-finite loss."""
+    opts = cpu_compiler_options() if compiler_options is None else compiler_options
+    step = jax.jit(alg.step, compiler_options=opts)
+    state = jax.jit(alg.init, compiler_options=opts)(key)
+    losses = []
+    for s in range(1, steps + 1):
+        state, m = step(data, state)
+        losses.append(m.loss)
+        if s % log_every == 0 or s == steps:
+            mean = float(jnp.mean(jnp.stack(losses)))
+            losses = []
+            if not np.isfinite(mean):
+                raise FloatingPointError(f"pFedHN training diverged before outer step {s} (loss {mean})")
+            if log is not None:
+                log(s, mean)
+    return state
