@@ -175,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if res["status"] == "finished" and "state" not in res:
         print(f"already finished: {cfg.out}/results.json")
-    b = res["best"]
+    b, comm = res["best"], res.get("communication")
+    traffic = (f"; {comm['bytes_down_per_round'] / 1e6:.2f} MB down and up per round, {comm['bytes_total'] / 1e9:.2f} "
+               f"GB in all, hypernetwork {comm['hypernet_bytes'] / 1e6:.1f} MB (never sent)" if comm else "")
     print(f"test acc at the best val step {b['best_step']}: {b['test_acc']:.4f} (val {b['best_val_acc']:.4f}; "
           f"per client min {b['test_min']:.4f} max {b['test_max']:.4f} std {b['test_std']:.4f}); "
-          f"wall {res['timing']['wall_s']:.0f} s, compile {res['compile_s']:.1f} s")
+          f"wall {res['timing']['wall_s']:.0f} s, compile {res['compile_s']:.1f} s{traffic}")
     return 0
 
 
