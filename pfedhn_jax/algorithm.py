@@ -117,6 +117,15 @@ class PFedHN:
         theta = self.hnet.apply(state.server.params, client_ids)
         return merge_params(theta, jax.tree.map(lambda a: a[client_ids], state.clients.private))
 
+    def sample_clients(self, key: jax.Array, client_ids: jax.Array | None = None) -> jax.Array:
+        """The (clients_per_step,) int32 clients of a step: drawn without replacement, or given (replay)."""
+        if client_ids is None:
+            return jax.random.choice(key, self.hnet.num_clients, (self.clients_per_step,), replace=False)
+        ids = jnp.asarray(client_ids, jnp.int32)
+        if ids.shape != (self.clients_per_step,):
+            raise ValueError(f"client_ids must have shape ({self.clients_per_step},), got {ids.shape}")
+        return ids
+
     def step(self, data: FederatedData, state: TrainState,
              client_ids: jax.Array | None = None) -> tuple[TrainState, StepMetrics]:
         """One outer step (pure; jit it with `data` as an argument).
@@ -126,12 +135,7 @@ class PFedHN:
         it, so the batches and the next key do not depend on whether ids were given.
         """
         key, k_ids, k_local = jax.random.split(state.key, 3)
-        if client_ids is None:
-            ids = jax.random.choice(k_ids, self.hnet.num_clients, (self.clients_per_step,), replace=False)
-        else:
-            ids = jnp.asarray(client_ids, jnp.int32)
-            if ids.shape != (self.clients_per_step,):
-                raise ValueError(f"client_ids must have shape ({self.clients_per_step},), got {ids.shape}")
+        ids = self.sample_clients(k_ids, client_ids)
         theta = self.hnet.apply(state.server.params, ids)
         gathered = jax.tree.map(lambda a: a[ids], state.clients)
         theta_opt, private_opt = self.theta_optimizer(), self.private_optimizer()

@@ -27,10 +27,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from pfedhn_jax import client, evaluate, server
-from pfedhn_jax.algorithm import ClientState, StepMetrics, TrainState
+from pfedhn_jax.algorithm import ClientState, PFedHN, StepMetrics, TrainState
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, _dense_init, param_shapes
 from pfedhn_jax.targets import Params, Target
@@ -146,7 +145,7 @@ class HeteroHyperNetwork:
 
 
 @dataclasses.dataclass(frozen=True)
-class HeteroPFedHN:
+class HeteroPFedHN(PFedHN):
     """pFedHN over heterogeneous targets: `init`, `step`, `personal_params` as `algorithm.PFedHN`.
 
     Same defaults and optimizers (client.sgd locally, server.hyper_optimizer for φ). The sampled
@@ -155,31 +154,7 @@ class HeteroPFedHN:
     'loop'/'map' strategies, while 'vmap' turns the switch into a select that runs every branch).
     """
 
-    hnet: HeteroHyperNetwork
-    inner_steps: int = 50
-    batch_size: int = 64
-    inner_lr: float = 5e-3
-    inner_momentum: float = 0.9
-    inner_wd: float = 5e-5
-    inner_clip: float = 50.0
-    optim: str = "sgd"
-    lr: float = 1e-2
-    embed_lr: float | None = None
-    wd: float = 1e-3
-    momentum: float = 0.9
-    clip: float = 50.0
-    clients_per_step: int = 1
-    strategy: str = "auto"
-    unroll: int = 1
-
-    def server_optimizer(self) -> optax.GradientTransformation:
-        return server.hyper_optimizer(self.optim, self.lr, self.embed_lr, self.wd, self.momentum, self.clip)
-
-    def theta_optimizer(self) -> optax.GradientTransformation:
-        return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd, self.inner_clip)
-
-    def private_optimizer(self) -> optax.GradientTransformation:
-        return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd)
+    hnet: HeteroHyperNetwork   # hyperparameters, optimizers and validation: PFedHN's
 
     def init(self, key: jax.Array) -> TrainState:
         """As PFedHN.init (same key use), with no private part: clients = ClientState({}, state of {})."""
@@ -222,12 +197,7 @@ class HeteroPFedHN:
              client_ids: jax.Array | None = None) -> tuple[TrainState, StepMetrics]:
         """One outer step (pure; jit it with `data` as an argument); PRNG use as PFedHN.step."""
         key, k_ids, k_local = jax.random.split(state.key, 3)
-        if client_ids is None:
-            ids = jax.random.choice(k_ids, self.hnet.num_clients, (self.clients_per_step,), replace=False)
-        else:
-            ids = jnp.asarray(client_ids, jnp.int32)
-            if ids.shape != (self.clients_per_step,):
-                raise ValueError(f"client_ids must have shape ({self.clients_per_step},), got {ids.shape}")
+        ids = self.sample_clients(k_ids, client_ids)
         theta, theta_tilde, loss = self.local_round(data, state.server.params, ids,
                                                     jax.random.split(k_local, self.clients_per_step))
         srv = server.server_update(self.hnet, self.server_optimizer(), state.server, ids, theta_tilde)
