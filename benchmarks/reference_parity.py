@@ -78,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [a for a in args.algos if a not in MODULES]
     if bad:
         p.error(f"--algos: unknown {bad}; choose from {', '.join(MODULES)}")
-    args.out = Path(args.out or common.BENCH_DIR / "out" / f"reference_parity{'_quick' if args.quick else ''}")
+    # absolute: the reference runs with its own folder as the working directory
+    args.out = Path(args.out or common.BENCH_DIR / "out" / f"reference_parity{'_quick' if args.quick else ''}").resolve()
     return args
 
 

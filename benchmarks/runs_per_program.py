@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     import jax
     from pfedhn_jax.builders import load_group_data
     from pfedhn_jax.config import Config
-    from pfedhn_jax.trainer import Trainer, padded_size, run_mesh
+    from pfedhn_jax.trainer import Trainer, device_mesh, padded_size
 
     env = common.environment(jax_info=True)
     common.print_env(env)
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
         padded = padded_size(s, len(jax.devices())) if s > 1 else 1
         seeds = list(range(s)) + [s - 1] * (padded - s)
         data, _, _ = load_group_data(cfg, seeds)
-        trainer = Trainer(cfg, data, padded, run_mesh(padded) if padded > 1 else None)
+        trainer = Trainer(cfg, data, padded, device_mesh(padded))
         holder = [trainer.init(seeds)]
         with common.Timer() as t:
             trainer.compile(holder[0])

@@ -49,7 +49,9 @@ class PFedHN:
     """Hyperparameters and the pure functions of pFedHN (and -PC, via `hnet.private`).
 
     Defaults are the reference's (docs/reference.md §3). `clients_per_step > 1` averages the clients'
-    VJPs, a deviation the paper never used. `strategy` and `unroll` change speed, not numbers.
+    VJPs, a deviation the paper never used. `strategy`, `unroll` and `client_sharding` change speed,
+    not numbers: with `client_sharding` (e.g. `NamedSharding(mesh, P("clients"))`) the clients of a
+    step are vmapped and split over the mesh's devices, and the server VJP is reduced across them.
     """
 
     hnet: HyperNetwork
@@ -68,6 +70,7 @@ class PFedHN:
     clients_per_step: int = 1
     strategy: str = "auto"
     unroll: int = 1
+    client_sharding: Any = None   # a jax.sharding.Sharding of the client axis: the step's clients spread over devices
 
     def __post_init__(self):
         """One clear ValueError per bad hyperparameter, before anything is traced."""
@@ -145,9 +148,12 @@ class PFedHN:
             return client.local_update(self.target.apply, th, pr, pr_state, batch_fn, k,
                                        self.inner_steps, theta_opt, private_opt, self.unroll)
 
-        res = client.run_clients(
-            one_client, (ids, theta, gathered.private, gathered.opt_state,
-                         jax.random.split(k_local, self.clients_per_step)), self.strategy)
+        args = (ids, theta, gathered.private, gathered.opt_state, jax.random.split(k_local, self.clients_per_step))
+        strategy = self.strategy
+        if self.client_sharding is not None:
+            args = jax.lax.with_sharding_constraint(args, self.client_sharding)
+            strategy = "vmap" if strategy == "auto" else strategy
+        res = client.run_clients(one_client, args, strategy)
         srv = server.server_update(self.hnet, self.server_optimizer(), state.server, ids, res.theta)
         clients = jax.tree.map(lambda all_, new: all_.at[ids].set(new), state.clients,
                                ClientState(res.private, res.private_opt_state))

@@ -1,10 +1,12 @@
 """The paper's Table 1 as a grid of runs: cells, their on-disk state, and the grid runner.
 
 A cell is one (algorithm, dataset, number of clients, seed) run, written to
-`<out>/<algo>-<dataset>-n<N>-s<seed>/` by `loop.train`. A grid is resumable: a cell whose
-results.json is finished with the same run config (`config.run_differences`) is skipped; an
-unfinished cell is continued from its checkpoint when it has one, else started over. Tables are
-rendered by `report`. Everything here except `run_grid` is plain Python (no JAX).
+`<out>/<algo>-<dataset>-n<N>-s<seed>/`; the unfinished seeds of a row train in one program
+(`loop.train_seeds`) with their checkpoint in `<out>/<algo>-<dataset>-n<N>/`. A grid is
+resumable: a cell whose results.json is finished with the same run config
+(`config.run_differences`) is skipped; an unfinished row is continued from its checkpoint when it
+has one, else started over. Tables are rendered by `report`. Everything here except the training
+itself is plain Python (no JAX).
 """
 
 from __future__ import annotations
@@ -94,21 +96,33 @@ class CellOutcome:
     message: str = ""
 
 
-def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], *, overwrite: bool = False,
-             progress: bool = False, train_fn: Callable[..., dict] | None = None,
-             log: Callable[[str], None] = print) -> list[CellOutcome]:
-    """Run every cell that is not finished; returns what happened to each.
+def row_folder(cell: Cell, out: str | os.PathLike) -> Path:
+    """Where a row's seeds keep their shared checkpoint and summary: `<out>/<algo>-<dataset>-n<N>`."""
+    return Path(out) / f"{cell.algo}-{cell.dataset}-n{cell.num_clients}"
 
-    `fields`: Config fields shared by all cells (data_dir, schedule, ...). `overwrite`: restart cells
-    whose folder holds results of a different config (otherwise they are reported and left alone).
-    Datasets that cannot be found are reported once and their cells skipped; a diverged cell is
-    reported and the grid goes on; an interruption (Ctrl-C) propagates after the cell's own
-    checkpoint, so rerunning the grid continues. `train_fn` defaults to `loop.train`.
+
+def train_row(cfg: Config, seeds: list[int], run_dirs: list[str], progress: bool = False) -> list[dict]:
+    """The seeds of one row in one program (`loop.train_seeds`); returns each seed's results."""
+    from pfedhn_jax.loop import train_seeds
+    return train_seeds(cfg, seeds, progress=progress, run_dirs=run_dirs)["runs"]
+
+
+def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], *, overwrite: bool = False,
+             progress: bool = False, train_fn: Callable[..., list[dict]] = train_row,
+             log: Callable[[str], None] = print) -> list[CellOutcome]:
+    """Run every cell that is not finished; returns what happened to each, in cell order.
+
+    The unfinished seeds of a row (algorithm, dataset, N) train together in one program
+    (`train_fn(cfg, seeds, run_dirs, progress)`, a leading run axis), each into its cell folder;
+    the row's checkpoint lives in `row_folder`. `fields`: Config fields shared by all cells
+    (data_dir, schedule, ...). `overwrite`: restart cells whose folder holds results of a
+    different config (otherwise they are reported and left alone). Datasets that cannot be found
+    are reported once and their cells skipped; a diverged row is reported and the grid goes on;
+    an interruption (Ctrl-C) propagates after the row's checkpoint, so rerunning continues.
     """
     from pfedhn_jax.errors import DataError, DivergenceError, UserError
-    if train_fn is None:
-        from pfedhn_jax.loop import train as train_fn
-    outcomes: list[CellOutcome] = []
+    outcomes: dict[Cell, CellOutcome] = {}
+    rows: dict[tuple, list[tuple[Cell, str]]] = {}
     unavailable: dict[str, str] = {}
     for i, cell in enumerate(cells):
         cfg = cell_config(cell, out, **fields)
@@ -120,12 +134,12 @@ def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], 
                 n = sum(c.dataset == cell.dataset for c in cells)
                 log(f"{cell.dataset}: skipping its {n} cell(s): {why}")
         if cell.dataset in unavailable:
-            outcomes.append(CellOutcome(cell, "skipped-data", unavailable[cell.dataset]))
+            outcomes[cell] = CellOutcome(cell, "skipped-data", unavailable[cell.dataset])
             continue
         state = cell_state(cfg)
         if state == "finished":
             log(f"{tag}: finished already, skipped")
-            outcomes.append(CellOutcome(cell, "finished"))
+            outcomes[cell] = CellOutcome(cell, "finished")
             continue
         if state == "conflict":
             what = describe_differences(run_differences(read_json(Path(cfg.out) / "results.json")["config"], cfg))
@@ -133,34 +147,47 @@ def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], 
                 msg = (f"{cfg.out} holds results of a different config ({what}); left alone: "
                        "pass --overwrite to rerun it, or choose another --out")
                 log(f"{tag}: {msg}")
-                outcomes.append(CellOutcome(cell, "conflict", msg))
+                outcomes[cell] = CellOutcome(cell, "conflict", msg)
                 continue
             log(f"{tag}: different config in the folder ({what}); --overwrite: starting over")
-            run_cfg, status = dataclasses.replace(cfg, overwrite=True), "restarted"
-        elif state == "partial" and has_checkpoint(cfg.out):
-            log(f"{tag}: unfinished, continuing from its checkpoint")
-            run_cfg, status = dataclasses.replace(cfg, resume=True), "resumed"
-        elif state == "partial":
-            log(f"{tag}: unfinished and no checkpoint, starting over")
-            run_cfg, status = dataclasses.replace(cfg, overwrite=True), "restarted"
-        else:
-            log(f"{tag}: training")
-            run_cfg, status = cfg, "trained"
+        rows.setdefault(cell.group, []).append((cell, state))
+    for members in rows.values():
+        first = members[0][0]
+        if first.dataset in unavailable:
+            outcomes.update({c: CellOutcome(c, "skipped-data", unavailable[first.dataset]) for c, _ in members})
+            continue
+        folder = row_folder(first, out)
+        resume = has_checkpoint(folder)
+        seeds = [c.seed for c, _ in members]
+        cfg = dataclasses.replace(cell_config(first, out, **fields), out=str(folder),
+                                  overwrite=not resume and any(st != "new" for _, st in members))
+        run_dirs = [cell_config(c, out, **fields).out for c, _ in members]
+        log(f"{folder.name}: {'continuing' if resume else 'training'} seed(s) {', '.join(map(str, seeds))} "
+            "in one program")
         try:
-            res = train_fn(run_cfg, progress=progress)
+            try:
+                results = train_fn(cfg, seeds, run_dirs, progress)
+            except UserError as e:
+                if not resume or "different config" not in str(e):
+                    raise
+                log(f"{folder.name}: its checkpoint holds other runs ({e}); starting these seeds over")
+                resume, cfg = False, dataclasses.replace(cfg, overwrite=True)
+                results = train_fn(cfg, seeds, run_dirs, progress)
         except DataError as e:
-            unavailable[cell.dataset] = str(e)
-            log(f"{cell.dataset}: cannot read the dataset ({e}); skipping its cells")
-            outcomes.append(CellOutcome(cell, "skipped-data", str(e)))
+            unavailable[first.dataset] = str(e)
+            log(f"{first.dataset}: cannot read the dataset ({e}); skipping its cells")
+            outcomes.update({c: CellOutcome(c, "skipped-data", str(e)) for c, _ in members})
             continue
         except (UserError, DivergenceError) as e:
-            log(f"{tag}: failed: {e}")
-            outcomes.append(CellOutcome(cell, "failed", str(e)))
+            log(f"{folder.name}: failed: {e}")
+            outcomes.update({c: CellOutcome(c, "failed", str(e)) for c, _ in members})
             continue
-        best = (res or {}).get("best") or {}
-        log(f"{tag}: done, test acc at best val {100 * best.get('test_acc', math.nan):.2f}%")
-        outcomes.append(CellOutcome(cell, status))
-    return outcomes
+        for (cell, st), res in zip(members, results):
+            best = (res or {}).get("best") or {}
+            log(f"{cell.name}: done, test acc at best val {100 * best.get('test_acc', math.nan):.2f}%")
+            status = "resumed" if resume else ("trained" if st == "new" else "restarted")
+            outcomes[cell] = CellOutcome(cell, status)
+    return [outcomes[c] for c in cells]
 
 
 def summary_line(outcomes: list[CellOutcome]) -> str:

@@ -39,19 +39,20 @@ def communication(alg, cfg: Config) -> dict:
             "hypernet_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))}
 
 
-def check_finite(metrics: list[StepMetrics], first_step: int, seeds: list[int]) -> np.ndarray:
+def check_finite(metrics: list[StepMetrics], first_step: int, labels: list[str]) -> np.ndarray:
     """Host check of buffered step metrics (leaves (R, C)); returns the losses (steps, R, C) of the
-    real runs, raises DivergenceError naming the step, seed and client."""
+    real runs (labels: one per real run, e.g. "seed 42"), raises DivergenceError naming the step,
+    run and client."""
+    r = len(labels)
     if not metrics:
-        return np.zeros((0, len(seeds), 0), np.float32)
-    r = len(seeds)
+        return np.zeros((0, r, 0), np.float32)
     loss = np.stack([np.asarray(m.loss)[:r] for m in metrics])
     norm = np.stack([np.asarray(m.delta_norm)[:r] for m in metrics])
     bad = ~(np.isfinite(loss) & np.isfinite(norm))
     if bad.any():
         i, run, j = np.argwhere(bad)[0]
         cid = int(np.asarray(metrics[i].client_ids)[run, j])
-        who = f"seed {seeds[run]}, client {cid}" if len(seeds) > 1 else f"client {cid}"
+        who = f"{labels[run]}, client {cid}" if r > 1 else f"client {cid}"
         raise DivergenceError(f"training diverged at outer step {first_step + i + 1} ({who}): "
                               f"loss={loss[i, run, j]}, |Δθ|={norm[i, run, j]}; lower --lr / --inner-lr")
     return loss
@@ -96,31 +97,56 @@ class RunRecord:
         return point
 
 
-def summarize_group(seeds: list[int], records: list[RunRecord], status: str) -> dict:
-    """summary.json of a group: each seed's best-val test accuracy and their mean ± std (ddof = 0)."""
-    accs = [r.results.get("best", {}) and r.results["best"]["test_acc"] for r in records]
+def _mean_std(accs: list) -> tuple[float, float]:
     done = [a for a in accs if isinstance(a, float) and not math.isnan(a)]
+    return (float(np.mean(done)), float(np.std(done))) if done else (math.nan, math.nan)
+
+
+def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) -> dict:
+    """summary.json of a group: each run's best-val test accuracy and the mean ± std (ddof = 0) over
+    seeds. A sweep (`--lrs`) has one row per hypernetwork learning rate under "rows" (and
+    "best_lr", the row with the highest mean); without one, the seeds' fields are top-level."""
     first = records[0].results
-    return {"status": status, "seeds": seeds, "config": {k: v for k, v in first["config"].items()
-                                                          if k not in ("seed", "out")},
-            "data": {k: first["data"].get(k) for k in ("dataset", "label", "source", "sha256")},
-            "test_acc_at_best_val": dict(zip(map(str, seeds), accs)),
-            "mean": float(np.mean(done)) if done else math.nan,
-            "std": float(np.std(done)) if done else math.nan,
-            "steps": first.get("final", {}).get("step", 0),
-            "timing": {"wall_s": records[0].wall_s(), "train_s": records[0].train_s}}
+    accs = [r.results.get("best", {}) and r.results["best"]["test_acc"] for r in records]
+    rows = {}
+    for rec, acc in zip(records, accs):
+        rows.setdefault(rec.cfg.hyper_lr, {})[str(rec.cfg.seed)] = acc
+    rows = [{"lr": lr, "seeds": [int(s) for s in by_seed], "test_acc_at_best_val": by_seed,
+             **dict(zip(("mean", "std"), _mean_std(list(by_seed.values()))))} for lr, by_seed in rows.items()]
+    out = {"status": status, "config": {k: v for k, v in first["config"].items() if k not in ("seed", "out", "lr")},
+           "data": {k: first["data"].get(k) for k in ("dataset", "label", "source", "sha256")},
+           "steps": first.get("final", {}).get("step", 0),
+           "timing": {"wall_s": records[0].wall_s(), "train_s": records[0].train_s}}
+    if not sweep:
+        out["config"]["lr"] = first["config"]["lr"]
+        return {**out, **{k: v for k, v in rows[0].items() if k != "lr"}}
+    ranked = [r for r in rows if not math.isnan(r["mean"])]
+    return {**out, "sweep": "lr", "rows": rows,
+            "best_lr": max(ranked, key=lambda r: r["mean"])["lr"] if ranked else None}
 
 
 def render_group(summary: dict) -> str:
-    """summary.md: one line per seed and the mean ± std."""
+    """summary.md: one line per seed (or per learning rate of a sweep) and the mean ± std."""
     cfg = summary["config"]
+    rows = summary.get("rows")
+    runs = sum(len(r["seeds"]) for r in rows) if rows else len(summary["seeds"])
     lines = [f"# {cfg['algo']} on {summary['data'].get('label') or cfg['dataset']}, N={cfg['num_clients']}: "
-             f"{len(summary['seeds'])} seeds in one program", "",
+             f"{runs} runs in one program", "",
              f"Status: {summary['status']}, after {summary['steps']} of {cfg['num_steps']} outer steps "
-             f"(wall {summary['timing']['wall_s']:.0f} s).", "",
-             "| seed | test acc at best val |", "|---|---|"]
-    lines += [f"| {s} | {a:.4f} |" if isinstance(a, float) else f"| {s} | — |"
-              for s, a in summary["test_acc_at_best_val"].items()]
+             f"(wall {summary['timing']['wall_s']:.0f} s).", ""]
+    fmt = lambda a: f"{a:.4f}" if isinstance(a, float) and not math.isnan(a) else "—"
+    if rows:
+        seeds = rows[0]["seeds"]
+        lines += [f"| hypernetwork lr | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std (ddof=0) |",
+                  "|---" * (len(seeds) + 2) + "|"]
+        lines += [f"| {r['lr']:g} | {' | '.join(fmt(r['test_acc_at_best_val'][str(s)]) for s in seeds)} | "
+                  f"{fmt(r['mean'])} ± {fmt(r['std'])} |" for r in rows]
+        best = summary["best_lr"]
+        lines += ["", "Test accuracy at the best validation step; "
+                  + (f"best mean at lr {best:g}." if best is not None else "no run has been evaluated yet.")]
+        return "\n".join(lines) + "\n"
+    lines += ["| seed | test acc at best val |", "|---|---|"]
+    lines += [f"| {s} | {fmt(a)} |" for s, a in summary["test_acc_at_best_val"].items()]
     lines += ["", f"Mean ± std (population, ddof=0) over seeds: {summary['mean']:.4f} ± {summary['std']:.4f}"]
     return "\n".join(lines) + "\n"
 
@@ -129,10 +155,11 @@ def render_group(summary: dict) -> str:
 class Group:
     """The host side of a group of runs: configs, output folders, records, buffered step metrics."""
 
-    cfg: Config                      # the group's config (its seed is the first run's)
-    seeds: list[int]                 # the real runs; the program may carry padding runs after them
-    out: Path | None                 # --out: checkpoints (and summary for several seeds)
+    cfg: Config                      # the group's config (its seed and lr are the first run's)
+    seeds: list[int]                 # each real run's seed; the program may carry padding runs after them
+    out: Path | None                 # --out: checkpoints (and summary for several runs)
     run_dirs: list[Path | None]      # where each run's results.json goes
+    lrs: list[float] | None = None   # each run's hypernetwork lr in a sweep (--lrs); None: cfg's for all
     records: list[RunRecord] = dataclasses.field(default_factory=list)
     pending: list[StepMetrics] = dataclasses.field(default_factory=list)
     step: int = 0                    # outer steps completed (kept on the host: the state may span hosts)
@@ -143,11 +170,20 @@ class Group:
 
     def run_config(self, r: int) -> Config:
         d = self.run_dirs[r]
-        return dataclasses.replace(self.cfg, seed=self.seeds[r], out=None if d is None else str(d))
+        lr = self.cfg.lr if self.lrs is None else self.lrs[r]
+        return dataclasses.replace(self.cfg, seed=self.seeds[r], lr=lr, out=None if d is None else str(d))
+
+    @property
+    def labels(self) -> list[str]:
+        """Each real run's name in messages: 'seed 42', or 'lr 0.01, seed 42' in a sweep."""
+        if self.lrs is None:
+            return [f"seed {s}" for s in self.seeds]
+        return [f"lr {lr:g}, seed {s}" for s, lr in zip(self.seeds, self.lrs)]
 
     def host(self) -> dict:
         """The JSON record saved beside the arrays of a checkpoint."""
-        return {"config": self.cfg.to_dict(), "seeds": self.seeds, "runs": [r.host() for r in self.records],
+        return {"config": self.cfg.to_dict(), "seeds": self.seeds, "lrs": self.lrs,
+                "runs": [r.host() for r in self.records],
                 "pending": {f: [np.asarray(getattr(x, f)).tolist() for x in self.pending]
                             for f in StepMetrics._fields}}
 
@@ -167,6 +203,6 @@ class Group:
                 d.mkdir(parents=True, exist_ok=True)
                 rio.write_json(d / "results.json", rec.results)
         if self.is_group and self.out is not None:
-            summary = summarize_group(self.seeds, self.records, status)
+            summary = summarize_group(self.records, status, sweep=self.lrs is not None)
             rio.write_json(self.out / "summary.json", summary)
             rio.write_text(self.out / "summary.md", render_group(summary))

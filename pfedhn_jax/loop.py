@@ -21,66 +21,19 @@ from pfedhn_jax import results as rio
 from pfedhn_jax.algorithm import TrainState
 from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.checkpoint import Checkpointer
-from pfedhn_jax.config import Config, describe_differences, run_differences
+from pfedhn_jax.config import Config
 from pfedhn_jax.data.registry import spec, validate
 from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 from pfedhn_jax.history import Group, RunRecord, check_finite, communication, summarize_group
+from pfedhn_jax.resume import finished_results, open_checkpoints
 from pfedhn_jax.signals import check_start, log, stop_requests
-from pfedhn_jax.trainer import Trainer, padded_size, run_mesh
+from pfedhn_jax.trainer import Trainer, device_mesh, padded_size
 
 
 def is_eval_step(step: int, cfg: Config) -> bool:
     """After `step` completed outer steps: the reference evaluates after steps 1, 1+k, 1+2k, ... and the last."""
     return (step - 1) % cfg.eval_every == 0 or step == cfg.num_steps
-
-
-def _open_checkpoints(group: Group, template: TrainState) -> tuple[Checkpointer | None, TrainState, bool]:
-    """The group's checkpointer and, if --out holds a checkpoint of the same runs, the restored state.
-
-    A larger --num-steps extends a finished or unfinished run (no schedule depends on the total),
-    recorded in each run's results["extended"]. Returns (checkpointer, state, resumed).
-    """
-    cfg, out = group.cfg, group.out
-    if out is None:
-        return None, template, False
-    ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
-    if ckpt.latest_step() is None:
-        return ckpt, template, False
-    saved = ckpt.host_config()
-    diff = run_differences(saved["config"], cfg)
-    steps = diff.pop("num_steps", None)
-    if saved.get("seeds", group.seeds) != group.seeds:
-        diff["seeds"] = (saved["seeds"], group.seeds)
-    if diff:
-        raise UserError(f"--out: {out} holds a checkpoint of a different config: {describe_differences(diff)}; "
-                        "rerun with the checkpoint's values to resume, choose a new --out, or pass --overwrite")
-    if steps is not None and ckpt.latest_step() > cfg.num_steps:
-        raise UserError(f"--num-steps: {out} holds a checkpoint of step {ckpt.latest_step()}, beyond "
-                        f"--num-steps {cfg.num_steps}; pass at least {ckpt.latest_step()}")
-    group.step = ckpt.latest_step()
-    state, host = ckpt.restore(template, group.step)
-    group.restore_host(host)
-    if steps is not None:
-        for rec in group.records:
-            rec.results.setdefault("extended", []).append(
-                {"from_num_steps": steps[0], "to_num_steps": steps[1], "at_step": group.step})
-            rec.results["config"] = rec.cfg.to_dict()
-    return ckpt, state, True
-
-
-def finished_results(group: Group) -> list[dict] | None:
-    """The results of every run when --out holds a finished group of exactly this config, else None."""
-    if group.out is None or group.cfg.overwrite:
-        return None
-    found = []
-    for r, d in enumerate(group.run_dirs):
-        res = rio.read_json(d / "results.json")
-        if not (res and res.get("status") == "finished" and (res.get("final") or {}).get("step") == group.cfg.num_steps
-                and not run_differences(res.get("config", {}), group.run_config(r))):
-            return None
-        found.append(res)
-    return found
 
 
 def _all_finite(tree) -> bool:
@@ -105,27 +58,38 @@ def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensor
 
 
 def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: int | None = None,
-                tensorboard: bool = False) -> dict:
-    """Train one run per seed in one program (a leading run axis, sharded over the devices).
+                tensorboard: bool = False, lrs: list[float] | None = None,
+                run_dirs: list[str] | None = None) -> dict:
+    """Train one run per seed (per learning rate and seed with `lrs`) in one program: a leading
+    run axis, sharded over the devices.
 
-    Each seed's run equals a separate `train(replace(cfg, seed=s))` (same split, initialisation,
-    client and batch draws) and writes `<out>/seed-<s>/results.json`; `<out>/summary.json` and
-    `summary.md` hold the mean ± std over seeds. Returns {"runs": [results per seed], "summary":
-    ..., "state": the stacked TrainState (leading axis: runs, padding runs included)}.
+    Each run equals a separate `train(replace(cfg, seed=s, lr=lr))` (same split, initialisation,
+    client and batch draws) and writes `<out>/seed-<s>/results.json` (`<out>/lr-<lr>/seed-<s>/`
+    in a sweep; or the given `run_dirs`, one per run); `<out>/summary.json` and `summary.md` hold
+    the mean ± std over seeds (per lr), and `<out>/checkpoints` the group's checkpoints.
+    Returns {"runs": [results per run], "summary": ..., "state": the stacked TrainState (leading
+    axis: runs, padding runs included)}.
     """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"--seeds: give distinct seeds, got {seeds}")
+    if lrs is not None and (not lrs or len(set(lrs)) != len(lrs) or not all(lr > 0 for lr in lrs)):
+        raise UserError(f"--lrs: give distinct positive learning rates, got {lrs}")
     replay = [f for f in ("split_file", "init_from", "client_order") if getattr(cfg, f) is not None]
     if replay:
-        raise UserError(f"--{replay[0].replace('_', '-')}: replays one reference run; drop --seeds")
+        raise UserError(f"--{replay[0].replace('_', '-')}: replays one reference run; drop --seeds / --lrs")
     out = Path(cfg.out) if cfg.out is not None else None
-    dirs = [out / f"seed-{s}" if out is not None else None for s in seeds]
-    group = Group(dataclasses.replace(cfg, seed=seeds[0]), list(seeds), out, dirs)
-    runs = _train(group, progress, stop_at, tensorboard)
-    state = runs[0].pop("state", None)
-    for r in runs[1:]:
+    runs = [(lr, s) for lr in (lrs or [cfg.lr]) for s in seeds]
+    names = [f"seed-{s}" if lrs is None else f"lr-{lr:g}/seed-{s}" for lr, s in runs]
+    dirs = [out / n if out is not None else None for n in names] if run_dirs is None else [Path(d) for d in run_dirs]
+    if len(dirs) != len(runs):
+        raise UserError(f"run_dirs: {len(dirs)} folders for {len(runs)} runs")
+    group = Group(dataclasses.replace(cfg, seed=seeds[0], lr=runs[0][0]), [s for _, s in runs], out, dirs,
+                  lrs=None if lrs is None else [lr for lr, _ in runs])
+    results = _train(group, progress, stop_at, tensorboard)
+    state = results[0].pop("state", None)
+    for r in results[1:]:
         r.pop("state", None)
-    return {"runs": runs, "summary": summarize_group(group.seeds, group.records, runs[0]["status"])
+    return {"runs": results, "summary": summarize_group(group.records, results[0]["status"], lrs is not None)
             if group.records else rio.read_json(out / "summary.json"), "state": state}
 
 
@@ -155,15 +119,20 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
         devices = jax.devices()
         padded = padded_size(r, len(devices)) if r > 1 else 1
         seeds = group.seeds + [group.seeds[-1]] * (padded - r)
+        lrs = [group.run_config(i).hyper_lr for i in range(r)]
+        lrs += [lrs[-1]] * (padded - r)
+        mesh = device_mesh(padded, cfg.clients_per_step)  # refuses an indivisible client axis before loading
         log(f"loading {cfg.dataset} and building the federated split ({cfg.num_clients} clients, "
-            f"seed{'s' if r > 1 else ''} {', '.join(map(str, group.seeds))})")
+            f"seed{'s' if len(set(seeds)) > 1 else ''} {', '.join(map(str, dict.fromkeys(group.seeds)))})")
         data, _, descs = load_group_data(cfg, seeds)
         check_start(stop, "loading data")
-        trainer = Trainer(cfg, data, padded, run_mesh(padded) if r > 1 else None)
+        trainer = Trainer(cfg, data, padded, mesh)
         if r > 1:
             log(f"{r} runs in one program on {len(devices)} device(s)"
                 + (f" (+{padded - r} padding run(s) to fill them)" if padded > r else ""))
-        state = trainer.init(seeds)
+        elif trainer.mesh is not None:
+            log(f"{cfg.clients_per_step} clients per step split over {len(devices)} devices")
+        state = trainer.init(seeds, lrs)
         if cfg.init_from is not None:  # replay: the reference's initial weights
             from pfedhn_jax.data.replay import load_initial_state
             one = load_initial_state(cfg.init_from, trainer.alg, jax.tree.map(lambda a: a[0], state))
@@ -172,7 +141,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
         if cfg.client_order is not None:  # replay: the reference's client of every step, (T, R=1, C=1)
             from pfedhn_jax.data.replay import load_client_order
             client_order = load_client_order(cfg.client_order, cfg.num_clients, cfg.num_steps)[:, None, None]
-        ckpt, state, resumed = _open_checkpoints(group, state)
+        ckpt, state, resumed = open_checkpoints(group, state)
         log(f"compiling the outer step and the evaluation on {jax.default_backend()}")
         compile_s = trainer.compile(state, with_client_ids=client_order is not None)
         log(f"compiled in {compile_s:.1f} s")
@@ -182,9 +151,9 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
             env = rio.environment()
             group.records = [RunRecord(group.run_config(i), {
                 "config": group.run_config(i).to_dict(), "data": descs[i], "environment": env,
-                "algorithm": {"hyper_lr": cfg.hyper_lr, "embed_dim": trainer.alg.hnet.embedding_dim,
+                "algorithm": {"hyper_lr": lrs[i], "embed_dim": trainer.alg.hnet.embedding_dim,
                               "conv_impl": getattr(trainer.alg.target, "conv_impl", None)},
-                "group": {"seeds": group.seeds, "padded_runs": padded, "devices": len(devices)} if r > 1 else None,
+                "group": {"seeds": group.seeds, "lrs": group.lrs, "padded_runs": padded, "devices": len(devices)} if r > 1 else None,
                 "communication": comm, "compile_s": compile_s, "status": "running", "curves": [], "best": None},
                 wall_s=time.perf_counter() - t0) for i in range(r)]
         else:
@@ -209,7 +178,7 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
     def checkpoint() -> None:
         if ckpt is None or ckpt.latest_step() == step:
             return
-        check_finite(group.pending, step - len(group.pending), group.seeds)
+        check_finite(group.pending, step - len(group.pending), group.labels)
         if not _all_finite(state.server.params):
             raise DivergenceError(f"training diverged by outer step {step}: non-finite hypernetwork "
                                   "parameters; lower --lr")
@@ -234,7 +203,7 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
             step = group.step = step + 1
             bar.update(1)
             if is_eval_step(step, cfg):
-                losses = check_finite(group.pending, step - len(group.pending), group.seeds)
+                losses = check_finite(group.pending, step - len(group.pending), group.labels)
                 jax.block_until_ready(state)
                 add_time(time.perf_counter() - t_seg)
                 _evaluate(group, trainer, state, step, losses, writers, bar)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from pfedhn_jax.client import clip_grad_norm
@@ -31,12 +32,27 @@ def hyper_optimizer(optim: str = "sgd", lr: float = 1e-2, embed_lr: float | None
     sgd: weight decay on every parameter (embeddings too), momentum 0.9, and the embeddings in
     their own group with lr = embed_lr (default lr). adam: `Adam(lr)` with no weight decay and no
     embedding group, as the reference.
+    The learning rate lives in the optimizer state (`optax.inject_hyperparams`), so runs batched
+    in one program can each have their own (`set_learning_rate`); the numbers are unchanged.
     """
+    if optim not in OPTIMIZERS:
+        raise ValueError(f"optim must be one of {OPTIMIZERS}, got {optim!r}")
+    return optax.inject_hyperparams(_hyper_optimizer, static_args=("optim", "embed_lr", "weight_decay", "momentum",
+                                                                   "clip_norm"))(
+        optim=optim, lr=lr, embed_lr=embed_lr, weight_decay=weight_decay, momentum=momentum, clip_norm=clip_norm)
+
+
+def set_learning_rate(opt_state: optax.InjectHyperparamsState, lr) -> optax.InjectHyperparamsState:
+    """The hypernetwork optimizer's state with another learning rate (a scalar, or one per run of a
+    batched state); with `embed_lr` unset the embeddings follow it."""
+    old = opt_state.hyperparams["lr"]
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "lr": jnp.broadcast_to(jnp.asarray(lr, old.dtype), old.shape)})
+
+
+def _hyper_optimizer(optim, lr, embed_lr, weight_decay, momentum, clip_norm) -> optax.GradientTransformation:
     clip = clip_grad_norm(clip_norm)
     if optim == "adam":
         return optax.chain(clip, optax.adam(lr))
-    if optim != "sgd":
-        raise ValueError(f"optim must be one of {OPTIMIZERS}, got {optim!r}")
     labels = lambda p: {k: jax.tree.map(lambda _: "embed" if k == "embeddings" else "rest", v) for k, v in p.items()}
     groups = optax.transforms.partition(
         {"rest": optax.sgd(lr, momentum=momentum),

@@ -1,15 +1,17 @@
 """The compiled programs of a group of R runs: one outer step of every run, every run's evaluation.
 
 The runs of a group share the algorithm and the images and differ in their seed (split, initial
-weights, client and batch draws): the state and the per-client index arrays carry a leading run
-axis, which `vmap` batches and a 1-D device mesh (axis 'runs') shards, so R seeds train in one
-program on every device. A group of one runs the plain program (`PFedHN.step` on unbatched
+weights, client and batch draws) and hypernetwork learning rate: the state and the per-client
+index arrays carry a leading run axis, which `vmap` batches and the mesh axis 'runs' shards, so R
+runs train in one program on every device. A single run with several clients per step shards its
+clients over the mesh axis 'clients' instead (`PFedHN.client_sharding`). A group of one runs the plain program (`PFedHN.step` on unbatched
 leaves), so a single run is exactly the library's step; tests check that R runs in one program
 give the numbers of R single runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -17,27 +19,38 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pfedhn_jax import evaluate
+from pfedhn_jax import evaluate, server
 from pfedhn_jax.algorithm import StepMetrics, TrainState
 from pfedhn_jax.builders import build_algorithm, compiler_options
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
+from pfedhn_jax.errors import UserError
 
 # vmap axes of FederatedData in a group: images shared, per-client index arrays per run
 DATA_RUN_AXES = FederatedData(None, None, None, None, 0, 0, 0)
 
 
-def run_mesh(num_runs: int, devices: list | None = None) -> Mesh | None:
-    """A 1-D mesh ('runs') over the devices (all processes'), or None for a single device.
+def device_mesh(num_runs: int, clients_per_step: int = 1, devices: list | None = None) -> Mesh | None:
+    """A 2-D mesh ('runs', 'clients') over the devices (all processes'), or None for one device.
 
-    `num_runs` must divide by the device count (pad the group first, `padded_size`).
+    Several runs: every device on 'runs' (`num_runs` must divide by the device count: pad the group
+    first, `padded_size`). One run with several clients per step: every device on 'clients'; an
+    indivisible --clients-per-step is refused (padding clients would change the averaged VJP).
     """
     devices = jax.devices() if devices is None else devices
-    if len(devices) == 1:
+    d = len(devices)
+    if d == 1 or (num_runs == 1 and clients_per_step == 1):
         return None
-    if num_runs % len(devices):
-        raise ValueError(f"{num_runs} runs do not divide over {len(devices)} devices; pad the group")
-    return Mesh(np.array(devices), ("runs",))
+    if num_runs > 1:
+        if num_runs % d:
+            raise ValueError(f"{num_runs} runs do not divide over {d} devices; pad the group")
+        shape = (d, 1)
+    elif clients_per_step % d:
+        raise UserError(f"--clients-per-step: {clients_per_step} clients do not divide over {d} devices; "
+                        f"use a multiple of {d}, or fewer devices (--cpu-devices)")
+    else:
+        shape = (1, d)
+    return Mesh(np.array(devices).reshape(shape), ("runs", "clients"))
 
 
 def padded_size(num_runs: int, num_devices: int) -> int:
@@ -55,12 +68,18 @@ class Trainer:
     def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None):
         self.cfg, self.num_runs, self.mesh = cfg, num_runs, mesh
         self.alg = build_algorithm(cfg)
+        if mesh is not None and mesh.shape["clients"] > 1:
+            self.alg = dataclasses.replace(self.alg, client_sharding=NamedSharding(mesh, P("clients")))
         alg, n = self.alg, cfg.num_clients
         clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU
+        spread = alg.client_sharding is not None and n % mesh.shape["clients"] == 0
 
         def evaluate_run(state: TrainState, data: FederatedData):
             params = alg.personal_params(state, jnp.arange(n))
-            return tuple(evaluate.evaluate_clients(alg.target.apply, params, data, split, clients_per_batch)
+            if spread:  # every client at once, the clients split over the devices like training
+                params = jax.lax.with_sharding_constraint(params, alg.client_sharding)
+            return tuple(evaluate.evaluate_clients(alg.target.apply, params, data, split,
+                                                   n if spread else clients_per_batch)
                          for split in (data.val, data.test))
 
         if num_runs == 1:  # the plain program: squeeze the run axis in, expand it out
@@ -79,8 +98,12 @@ class Trainer:
         runs, rep = (None, None) if mesh is None else (NamedSharding(mesh, P("runs")), NamedSharding(mesh, P()))
         self._step = jax.jit(step, compiler_options=opts, out_shardings=None if mesh is None else (runs, rep))
         self._eval = jax.jit(ev, compiler_options=opts, out_shardings=rep)
-        self._init = jax.jit(lambda key_data: jax.vmap(alg.init)(jax.random.wrap_key_data(key_data)),
-                             out_shardings=runs)
+        def init(key_data, lrs):
+            state = jax.vmap(alg.init)(jax.random.wrap_key_data(key_data))
+            return state._replace(server=state.server._replace(
+                opt_state=server.set_learning_rate(state.server.opt_state, lrs)))
+
+        self._init = jax.jit(init, out_shardings=runs)
 
     def _place(self, data: FederatedData) -> FederatedData:
         """Images replicated, per-run index arrays sharded over the 'runs' axis (with a mesh).
@@ -95,10 +118,12 @@ class Trainer:
         per_run = ClientIndex(runs, runs)
         return jax.tree.map(place, data, FederatedData(rep, rep, rep, rep, per_run, per_run, per_run))
 
-    def init(self, seeds: list[int]) -> TrainState:
-        """Initial states of the runs, one per seed (each equal to `alg.init(jax.random.key(seed))`)."""
+    def init(self, seeds: list[int], lrs: list[float] | None = None) -> TrainState:
+        """Initial states of the runs, one per seed (each equal to `alg.init(jax.random.key(seed))`),
+        each with its own hypernetwork learning rate (`lrs`, default the config's)."""
         key_data = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
-        return self._init(key_data)
+        lrs = [self.alg.lr] * len(seeds) if lrs is None else lrs
+        return self._init(key_data, np.asarray(lrs, np.float32))
 
     def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
         """Compile the step (for sampled clients, or for given ones when replaying) and the

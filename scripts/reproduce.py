@@ -6,9 +6,11 @@
 
 Cells: {--algos} x {--datasets} x {--num-clients} x {--seeds}; by default Table 1's: CIFAR-10 and
 CIFAR-100 with N = 10, 50, 100, Omniglot with N = 50, seeds 42, 27, 13 (3 x 7 x 2 = 42 runs of the
-reference schedule, about 50 minutes each on a 2-core CPU). Each cell trains in-process into
-`<out>/<algo>-<dataset>-n<N>-s<seed>/`. Rerunning the same command skips finished cells and
-continues unfinished ones, so the grid can be stopped (Ctrl-C) and resumed at any time. Datasets
+reference schedule, about 50 minutes each on a 2-core CPU). The unfinished seeds of each row
+(algorithm, dataset, N) train in-process as one program (a leading run axis, sharded over the
+devices), each seed into `<out>/<algo>-<dataset>-n<N>-s<seed>/`, the row's checkpoint in
+`<out>/<algo>-<dataset>-n<N>/`. Rerunning the same command skips finished cells and continues
+unfinished rows, so the grid can be stopped (Ctrl-C) and resumed at any time. Datasets
 missing from --data-dir are reported and their cells skipped. Writes `<out>/table.md`,
 `<out>/table.csv` (mean ± std over finished seeds of the test accuracy at the best validation
 step, the paper's value and the difference) and `<out>/curves.png` (once any cell has finished).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from pfedhn_jax import grid, report
 from pfedhn_jax.config import ALGOS, DATASETS
+from pfedhn_jax.distributed import set_cpu_devices
 from pfedhn_jax.errors import UserError
 from pfedhn_jax.data.registry import validate
 from pfedhn_jax.paper import SEEDS
@@ -60,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--table-only", action="store_true", help="train nothing: rebuild the tables from the results files")
     p.add_argument("--list", action="store_true", help="print the cells and their state, train nothing")
     p.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    p.add_argument("--cpu-devices", default="1", metavar="auto|N",
+                   help="on CPU, split the machine into N XLA devices over which each row's seeds are sharded; "
+                        "auto = one per core (default: 1)")
     for field, typ in PASSTHROUGH.items():
         p.add_argument("--" + field.replace("_", "-"), type=typ, default=None, help=f"Config.{field} for every cell")
     return p
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("the grid is empty: check --algos, --datasets, --num-clients and --seeds")
         for c in cells:  # every cell's config is valid before anything runs
             validate(grid.cell_config(c, out, **fields))
+        set_cpu_devices(args.cpu_devices)  # before anything starts JAX
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

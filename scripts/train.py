@@ -83,11 +83,13 @@ CHOICES = {"dataset": DATASETS, "data_source": DATA_SOURCES, "split": SPLITS, "a
            "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES}
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
+def _list(typ):
+    def parse(text: str) -> list:
+        try:
+            return [typ(x) for x in text.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {typ.__name__}s, got '{text}'")
+    return parse
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -112,9 +114,13 @@ def parser() -> argparse.ArgumentParser:
                        metavar=None if f.name in CHOICES else f.name.upper(),
                        help=text.format(default=f.default))
     scale = p.add_argument_group("several runs, devices and hosts")
-    scale.add_argument("--seeds", type=_ints, default=None, metavar="S1,S2,...",
+    scale.add_argument("--seeds", type=_list(int), default=None, metavar="S1,S2,...",
                        help="train one run per seed in one program (results in <out>/seed-<s>/, mean ± std in "
                             "<out>/summary.md); replaces --seed")
+    scale.add_argument("--lrs", type=_list(float), default=None, metavar="LR1,LR2,...",
+                       help="sweep the hypernetwork learning rate: one run per value (and per seed of --seeds) in "
+                            "the same program; results in <out>/lr-<lr>/seed-<s>/, a table in <out>/summary.md; "
+                            "replaces --lr")
     scale.add_argument("--cpu-devices", default="1", metavar="auto|N",
                        help="on CPU, split the machine into N XLA devices over which --seeds runs are sharded; "
                             "auto = one per core (default: 1)")
@@ -141,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_at = args.pop("stop_at")
     tensorboard = args.pop("tensorboard")
     seeds = args.pop("seeds")
+    lrs = args.pop("lrs")
     hosts = {k: args.pop(k) for k in ("coordinator", "num_processes", "process_id")}
     cpu_devices = args.pop("cpu_devices")
     try:
@@ -152,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         distributed.set_cpu_devices(cpu_devices)  # before JAX starts
         distributed.initialize(**hosts)
         from pfedhn_jax.loop import train, train_seeds  # heavy imports after validation
-        if seeds is not None:
-            group = train_seeds(cfg, seeds, progress=progress and distributed.is_main(), stop_at=stop_at,
-                                tensorboard=tensorboard)
+        if seeds is not None or lrs is not None:
+            group = train_seeds(cfg, seeds or [cfg.seed], progress=progress and distributed.is_main(),
+                                stop_at=stop_at, tensorboard=tensorboard, lrs=lrs)
             return _report_group(group, cfg)
         res = train(cfg, progress=progress and distributed.is_main(), stop_at=stop_at, tensorboard=tensorboard)
     except (UserError, DataError) as e:
@@ -189,9 +196,15 @@ def _report_group(group: dict, cfg: Config) -> int:
     if s["status"] == "paused":
         print(f"paused after outer step {s['steps']}; rerun the same command without --stop-at to continue")
         return 0
+    where = f"; summary in {cfg.out}/summary.md" if cfg.out else ""
+    if "rows" in s:
+        rows = ", ".join(f"lr {r['lr']:g}: {r['mean']:.4f} ± {r['std']:.4f}" for r in s["rows"])
+        print(f"test acc at the best val step, mean ± std over {len(s['rows'][0]['seeds'])} seed(s): {rows}; "
+              f"best lr {s['best_lr']:g}{where}")
+        return 0
     per_seed = ", ".join(f"{k}: {v:.4f}" for k, v in s["test_acc_at_best_val"].items())
     print(f"test acc at the best val step, {len(s['seeds'])} seeds: {s['mean']:.4f} ± {s['std']:.4f} "
-          f"({per_seed}); summary in {cfg.out}/summary.md" if cfg.out else "")
+          f"({per_seed}){where}")
     return 0
 
 

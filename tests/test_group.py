@@ -70,9 +70,38 @@ def test_seeds_in_one_program_equal_single_runs(fake_dir, tmp_path, singles):
         assert set(on_disk) >= {"config", "data", "curves", "best", "final", "communication"}
     summary = json.loads((out / "summary.json").read_text())
     accs = [singles[s]["best"]["test_acc"] for s in SEEDS]
-    assert summary["seeds"] == SEEDS and summary["mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert summary["seeds"] == SEEDS and "rows" not in summary and summary["mean"] == pytest.approx(np.mean(accs), abs=1e-6)
     assert summary["std"] == pytest.approx(np.std(accs), abs=1e-6)
     assert "Mean ± std" in (out / "summary.md").read_text()
+
+
+def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_path, singles):
+    """--lrs: each (lr, seed) run of the batched program is the single run with that --lr; the
+    default lr's runs are the `singles` (pfedhn-pc's default lr is 5e-2)."""
+    out = tmp_path / "sweep"
+    g = train_seeds(tiny(fake_dir, out), SEEDS[:2], progress=False, lrs=[5e-2, 0.2])
+    fast = train(tiny(fake_dir, None, seed=SEEDS[0], lr=0.2), progress=False)
+    expected = [singles[SEEDS[0]], singles[SEEDS[1]], fast, None]
+    for r, ref in enumerate(expected):
+        if ref is None:
+            continue
+        for a, b in zip(points(g["runs"][r]), points(ref)):
+            for k in ("val_acc", "test_acc"):
+                assert a[k] == pytest.approx(b[k], abs=1e-6), (r, k)
+            for k in ("train_loss", "val_loss", "test_loss"):
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (r, k)
+        mine = jax.tree.map(lambda a: np.asarray(a)[r], g["state"].server.params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), mine,
+                     jax.device_get(ref["state"].server.params))
+    assert not np.allclose(np.asarray(g["state"].server.params["embeddings"])[0],
+                           np.asarray(g["state"].server.params["embeddings"])[2])  # the lr mattered
+    assert json.loads((out / "lr-0.2" / f"seed-{SEEDS[1]}" / "results.json").read_text())["config"]["lr"] == 0.2
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["lr"] for r in summary["rows"]] == [5e-2, 0.2] and summary["sweep"] == "lr"
+    accs = [g["runs"][r]["best"]["test_acc"] for r in range(4)]
+    assert summary["rows"][1]["mean"] == pytest.approx(np.mean(accs[2:]), abs=1e-9)
+    assert summary["best_lr"] == (0.2 if np.mean(accs[2:]) > np.mean(accs[:2]) else 5e-2)
+    assert "| 0.2 |" in (out / "summary.md").read_text()
 
 
 def test_group_resumes_bit_identically(fake_dir, tmp_path):
@@ -99,22 +128,35 @@ DEVICES_SCRIPT = """
 import json, sys
 import jax, numpy as np
 from pfedhn_jax.config import Config
-from pfedhn_jax.loop import train_seeds
+from pfedhn_jax.loop import train, train_seeds
 cfg = Config(**json.loads(sys.argv[1]))
 g = train_seeds(cfg, json.loads(sys.argv[2]), progress=False)
 params = jax.device_get(g["state"].server.params)
 np.savez(sys.argv[3], **{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
+c = train(Config(**json.loads(sys.argv[4])), progress=False)  # one run, its clients split over the devices
+np.savez(sys.argv[5], **{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(c["state"].server.params))})
 print(json.dumps({"devices": len(jax.devices()), "curves": [r["curves"] for r in g["runs"]],
-                  "padded": g["runs"][0]["group"]["padded_runs"]}))
+                  "padded": g["runs"][0]["group"]["padded_runs"], "client_curves": c["curves"]}))
 """
+
+CLIENTS = dict(num_clients=8, clients_per_step=8, seed=5)
+
+
+@pytest.fixture(scope="module")
+def many_clients(fake_dir):
+    """One run with 8 clients per step on one device (the CPU's sequential strategy)."""
+    return train(tiny(fake_dir, None, **CLIENTS), progress=False)
 
 
 @pytest.mark.parametrize("devices", [4, 8])
-def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, devices):
+def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, many_clients, devices):
+    """Seeds sharded over the devices (padded), and one run's clients of a step sharded over them."""
     cfg = dataclasses.asdict(tiny(fake_dir, tmp_path / "out"))
+    ccfg = dataclasses.asdict(tiny(fake_dir, None, **CLIENTS))
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     p = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg), json.dumps(SEEDS),
-                        str(tmp_path / "params.npz")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+                        str(tmp_path / "params.npz"), json.dumps(ccfg), str(tmp_path / "clients.npz")],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["devices"] == devices and got["padded"] == devices  # 3 seeds padded to fill every device
@@ -128,3 +170,25 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
     for r, s in enumerate(SEEDS):
         for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
             np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6)
+    assert_points_close(got["client_curves"], points(many_clients), devices)
+    leaves = np.load(tmp_path / "clients.npz")
+    for i, ref in enumerate(jax.tree.leaves(jax.device_get(many_clients["state"].server.params))):
+        np.testing.assert_allclose(leaves[str(i)], ref, rtol=1e-5, atol=1e-6)
+
+
+def assert_points_close(mine, ref, what):
+    assert len(mine) == len(ref)
+    for a, b in zip(mine, ref):
+        assert a["step"] == b["step"]
+        for k in ("val_acc", "test_acc"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), (what, k)
+        for k in ("train_loss", "val_loss", "test_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (what, k)
+
+
+def test_indivisible_client_axis_is_refused_in_one_line(fake_dir, tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "scripts/train.py", "--data-dir", str(fake_dir), "--num-clients", "8",
+                        "--clients-per-step", "6", "--num-steps", "2", "--cpu-devices", "4"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --clients-per-step: 6 clients")

@@ -131,8 +131,9 @@ def test_initial_state_generates_the_reference_weights(tmp_path, states, pc):
         assert set(generated) == set(ref)
         for k, v in generated.items():
             np.testing.assert_allclose(np.asarray(v[i]).reshape(-1), ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    # the optimizer state is fresh for the new params; step and key are kept
-    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state.server.opt_state))
+    # the optimizer state is fresh for the new params (zero traces, the algorithm's lr); step and key are kept
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state.server.opt_state.inner_state))
+    assert float(state.server.opt_state.hyperparams["lr"]) == pytest.approx(alg.lr)
     assert jax.tree.structure(state.server.opt_state) == jax.tree.structure(before.server.opt_state)
     np.testing.assert_array_equal(state.step, before.step)
     np.testing.assert_array_equal(jax.random.key_data(state.key), jax.random.key_data(before.key))

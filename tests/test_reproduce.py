@@ -23,8 +23,8 @@ OMNI = dict(num_steps=2, inner_steps=2, eval_every=1, batch_size=8, image_size=1
 OMNI_CELLS = [grid.Cell("pfedhn", "omniglot", 3, 0), grid.Cell("pfedhn-pc", "omniglot", 3, 0)]
 
 
-def never_train(cfg, progress=False):
-    raise AssertionError(f"{cfg.out} should not have been trained")
+def never_train(cfg, seeds, run_dirs, progress=False):
+    raise AssertionError(f"{run_dirs} should not have been trained")
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +131,19 @@ def write_cell(cfg: Config, res: dict, checkpoint: bool = False) -> None:
 
 
 class FakeTrainer:
-    """Stands in for loop.train: records the configs and writes finished results."""
+    """Stands in for grid.train_row: records each row's config, seeds and folders, writes finished results."""
 
     def __init__(self, acc: float = 0.5):
-        self.calls, self.acc = [], acc
+        self.calls, self.seeds, self.dirs, self.acc = [], [], [], acc
 
-    def __call__(self, cfg, progress=False):
+    def __call__(self, cfg, seeds, run_dirs, progress=False):
         self.calls.append(cfg)
-        write_cell(cfg, fake_results(cfg, self.acc))  # overwrite / resume do not count as config
-        return {"best": {"test_acc": self.acc}}
+        self.seeds.append(list(seeds))
+        self.dirs.append([os.path.basename(d) for d in run_dirs])
+        for s, d in zip(seeds, run_dirs):
+            run = dataclasses.replace(cfg, seed=s, out=str(d))
+            write_cell(run, fake_results(run, self.acc))  # overwrite / resume do not count as config
+        return [{"best": {"test_acc": self.acc}}] * len(seeds)
 
 
 @pytest.fixture
@@ -200,26 +204,27 @@ def test_mean_std_helper():
     assert all(math.isnan(x) for x in report.mean_std([]))
 
 
-def test_unfinished_cells_are_rerun_and_finished_ones_kept(tmp_path, c10):
+@pytest.mark.parametrize("row_checkpoint", [False, True], ids=["no-checkpoint", "row-checkpoint"])
+def test_unfinished_cells_train_as_one_row_and_finished_ones_are_kept(tmp_path, c10, row_checkpoint):
     out = tmp_path / "out"
     fields = dict(data_dir=str(c10), num_steps=10, inner_steps=5, eval_every=2)
     cells = grid.list_cells(["pfedhn"], ["cifar10"], [10], [1, 2, 3, 4])
     cfgs = [grid.cell_config(c, out, **fields) for c in cells]
     write_cell(cfgs[0], fake_results(cfgs[0], 0.7))                                   # finished
-    write_cell(cfgs[1], fake_results(cfgs[1], 0.1, step=5, status="running"))         # partial, no checkpoint
-    write_cell(cfgs[2], fake_results(cfgs[2], 0.1, step=5, status="interrupted"), checkpoint=True)
+    write_cell(cfgs[1], fake_results(cfgs[1], 0.1, step=5, status="running"))         # partial
+    write_cell(cfgs[2], fake_results(cfgs[2], 0.1, step=5, status="interrupted"))     # partial
+    if row_checkpoint:  # the row's group checkpoint: the unfinished seeds continue from it
+        os.makedirs(grid.row_folder(cells[0], out) / "checkpoints" / "4")
     kept = (out / cells[0].name / "results.json").read_bytes()
     train = FakeTrainer(0.6)
     outcomes = grid.run_grid(cells, out, fields, train_fn=train, log=lambda s: None)
     statuses = [o.status for o in outcomes]
-    has_resume = any(f.name == "resume" for f in dataclasses.fields(Config))
-    assert statuses == ["finished", "restarted", "resumed" if has_resume else "restarted", "trained"]
-    called = {os.path.basename(c.out): c for c in train.calls}
-    assert sorted(called) == sorted(c.name for c in cells[1:])
-    assert called[cells[1].name].overwrite                      # unfinished without checkpoint: start over
-    if has_resume:
-        assert called[cells[2].name].resume and not called[cells[2].name].overwrite   # continue the checkpoint
-    assert not called[cells[3].name].overwrite                  # a new cell
+    want = ["resumed"] * 3 if row_checkpoint else ["restarted", "restarted", "trained"]
+    assert statuses == ["finished"] + want
+    assert train.seeds == [[2, 3, 4]] and train.dirs == [[c.name for c in cells[1:]]]  # one program for the row
+    row = train.calls[0]
+    assert row.out == str(grid.row_folder(cells[0], out)) and row.seed == 2
+    assert row.overwrite != row_checkpoint      # stale folders without a checkpoint start over
     assert (out / cells[0].name / "results.json").read_bytes() == kept
     assert [len(r.seeds) for r in report.write_report(cells, out, fields)[0]] == [4]
 

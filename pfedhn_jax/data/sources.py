@@ -7,6 +7,7 @@ and test splits. Nothing here downloads unless asked (`download=True`, TFDS only
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import zipfile
@@ -72,7 +73,18 @@ def _check_split(path: Path, x: np.ndarray, y: np.ndarray, split: str, info: Dat
 
 
 def load_npz(path: Path, info: DatasetInfo) -> RawDataset:
-    """Load and validate an npz with keys x_train, y_train, x_test, y_test."""
+    """Load and validate an npz with keys x_train, y_train, x_test, y_test.
+
+    The arrays (read-only) are kept for the life of the process, keyed by the file's path, size
+    and modification time, so several runs in one process (a grid, a test suite) read it once.
+    """
+    st = path.stat()
+    return _load_npz(path.resolve(), st.st_size, st.st_mtime_ns, info)._replace(source=str(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_npz(path: Path, size: int, mtime_ns: int, info: DatasetInfo) -> RawDataset:
+    del size, mtime_ns  # cache key only: a replaced file is read again
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
@@ -85,8 +97,11 @@ def load_npz(path: Path, info: DatasetInfo) -> RawDataset:
         raise DataError(f"{path}: cannot read the file ({e}); it is truncated or corrupt, replace it") from e
     for split in ("train", "test"):
         _check_split(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split, info)
-    return RawDataset(arrays["x_train"], arrays["y_train"].astype(np.int32),
-                      arrays["x_test"], arrays["y_test"].astype(np.int32), str(path), sha256_file(path))
+    arrays = {k: v.astype(np.int32) if k.startswith("y") else v for k, v in arrays.items()}
+    for a in arrays.values():
+        a.setflags(write=False)
+    return RawDataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], str(path),
+                      sha256_file(path))
 
 
 def load_tfds(info: DatasetInfo, data_dir: Path | None, download: bool) -> RawDataset:
