@@ -1,6 +1,8 @@
 """Local SGD steps/s and client updates/s of the library's outer step vs clients_per_step.
 
-For each strategy (vmap, map, loop) and each clients_per_step C, builds the real library step
+For each strategy (vmap, map, loop; and 'sharded': vmap with the C clients split over all devices,
+`PFedHN.client_sharding`, as `scripts/train.py` does on several devices) and each
+clients_per_step C, builds the real library step
 (`pfedhn_jax.builders.build_algorithm` + `jax.jit(alg.step, compiler_options=compiler_options())`),
 compiles it ahead of time (reported separately), then times one outer step = C clients x K local
 steps (median of --repeats runs after --warmup). Data: the CIFAR-10 npz, reference split (50 clients).
@@ -28,7 +30,8 @@ ACCEL_CPS = "1,2,4,8,16,32,64,128,256"
 def parse_args(argv=None):
     p = common.base_parser("client_throughput", __doc__)
     p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    p.add_argument("--strategies", default="vmap,map,loop", help="comma list from vmap,map,loop")
+    p.add_argument("--strategies", default="vmap,map,loop", help="comma list from vmap,map,loop,sharded")
+    p.add_argument("--cpu-devices", default="1", help="'auto' or N XLA devices on a CPU (set before JAX starts)")
     p.add_argument("--cps", default=None, help=f"clients_per_step list (default: {CPU_CPS} on CPU, {ACCEL_CPS} elsewhere)")
     p.add_argument("--max-loop-cps", type=int, default=16,
                    help="skip strategy 'loop' above this C (it unrolls C copies of the client loop: compile grows with C)")
@@ -44,12 +47,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def measure(cfg, data, repeats: int, warmup: int) -> dict:
-    """Compile and time the library's outer step for one config."""
+def measure(cfg, data, repeats: int, warmup: int, sharded: bool = False) -> dict:
+    """Compile and time the library's outer step for one config (sharded: clients over all devices)."""
+    import dataclasses
+
     import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
     from pfedhn_jax.builders import build_algorithm, compiler_options
+    from pfedhn_jax.trainer import device_mesh
 
     alg = build_algorithm(cfg)
+    mesh = device_mesh(1, cfg.clients_per_step) if sharded else None
+    if mesh is not None:
+        alg = dataclasses.replace(alg, client_sharding=NamedSharding(mesh, P("clients")))
     state = alg.init(jax.random.key(cfg.seed))
     with common.Timer() as t:
         step = jax.jit(alg.step, compiler_options=compiler_options()).lower(data, state).compile()
@@ -92,6 +102,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from pfedhn_jax.distributed import set_cpu_devices
+    set_cpu_devices(args.cpu_devices)
     import jax
     from pfedhn_jax.config import Config
     from pfedhn_jax.builders import load_data
@@ -108,7 +120,7 @@ def main(argv=None) -> dict:
         data, _, desc = load_data(base.validate())
     record = {"benchmark": "client_throughput", "command": common.cmdline(), "environment": env,
               "note": args.note, "data": {"source": desc["source"], "label": desc["label"], "load_s": t_data.s},
-              "settings": {"inner_steps": args.inner_steps, "batch_size": base.batch_size,
+              "settings": {"devices": len(jax.devices()), "inner_steps": args.inner_steps, "batch_size": base.batch_size,
                            "num_clients": args.num_clients, "conv_impl": args.conv_impl,
                            "compute_dtype": args.compute_dtype, "unroll": args.unroll,
                            "repeats": args.repeats, "warmup": args.warmup},
@@ -121,10 +133,13 @@ def main(argv=None) -> dict:
                 row["skipped"] = f"C > num_clients {args.num_clients}"
             elif s == "loop" and c > args.max_loop_cps:
                 row["skipped"] = f"loop above --max-loop-cps {args.max_loop_cps}"
+            elif s == "sharded" and c % len(jax.devices()):
+                row["skipped"] = f"C does not divide over {len(jax.devices())} devices"
             else:
-                cfg = Config(**{**base.to_dict(), "clients_per_step": c, "strategy": s}).validate()
+                strategy = "vmap" if s == "sharded" else s
+                cfg = Config(**{**base.to_dict(), "clients_per_step": c, "strategy": strategy}).validate()
                 try:
-                    row.update(measure(cfg, data, args.repeats, args.warmup))
+                    row.update(measure(cfg, data, args.repeats, args.warmup, sharded=s == "sharded"))
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at large C: record, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             rows.append(row)

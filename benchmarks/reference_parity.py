@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/out/reference_parity[_quick])")
     p.add_argument("--rerun-reference", action="store_true", help="run the reference even if its outputs exist")
     p.add_argument("--skip-ours", action="store_true", help="only run (or reuse) the reference")
+    p.add_argument("--interrupted-reference", action="store_true",
+                   help="reuse a reference run stopped with SIGINT (its dump is written at exit): compare the test "
+                        "curve of its log up to its last evaluation; it has no val curve or results JSON")
     p.add_argument("--note", default=common.CONTENTION_NOTE, help="free text stored in the JSON")
     args = p.parse_args(argv)
     setting = QUICK if args.quick else FULL
@@ -131,6 +134,18 @@ def run_reference(args, algo: str, ref_dir: Path) -> dict:
         tail = (ref_dir / "log.txt").read_text()[-2000:]
         sys.exit(f"the reference run failed (exit {rc}); its log ends:\n{tail}")
     return {"command": cmd, "reused": False, "wall_s": wall}
+
+
+def read_interrupted_reference(ref_dir: Path, eval_every: int) -> dict:
+    """A reference stopped early: the test curve of its log lines (val and best are not logged)."""
+    logged = [(int(s), float(a)) for s, _, a in EVAL_LINE.findall((ref_dir / "log.txt").read_text(errors="replace"))]
+    steps = [s for s, _ in logged]
+    if not logged or steps != eval_steps(steps[-1], eval_every):
+        raise SystemExit(f"{ref_dir}: no usable evaluations in its log ({steps[:5]}...)")
+    nan = [math.nan] * len(steps)
+    return {"steps": steps, "test_acc": [a for _, a in logged], "val_acc": nan, "test_loss": nan, "val_loss": nan,
+            "best": {k: math.nan for k in ("step", "val_acc", "test_acc", "test_min", "test_max", "test_std")},
+            "interrupted_after_eval_step": steps[-1]}
 
 
 def read_reference(ref_dir: Path, num_steps: int, eval_every: int) -> dict:
@@ -302,8 +317,13 @@ def main(argv=None) -> None:
     json_path = args.out / "reference_parity.json"
     for algo in args.algos:
         ref_dir = args.out / algo / "reference"
-        ref_run = run_reference(args, algo, ref_dir)
-        ref = read_reference(ref_dir, args.num_steps, args.eval_every)
+        if args.interrupted_reference:
+            ref_run = {"command": reference_command(args, algo, ref_dir), "reused": True, "wall_s": None}
+            ref = read_interrupted_reference(ref_dir, args.eval_every)
+            args.num_steps = record["setting"]["num_steps"] = ref["steps"][-1]
+        else:
+            ref_run = run_reference(args, algo, ref_dir)
+            ref = read_reference(ref_dir, args.num_steps, args.eval_every)
         entry = {"reference": {**ref, **ref_run}, "cmdline": record["cmdline"], "environment": record["environment"]}
         if not args.skip_ours:
             ours = run_ours(args, algo, ref_dir / "dump.npz")

@@ -36,6 +36,18 @@ def compiler_options() -> dict[str, str]:
     return {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+def init_compiler_options() -> dict[str, str]:
+    """XLA options for the one-off initialisation program: on CPU, LLVM optimisation level 1.
+
+    The initialiser is dozens of threefry random calls (a large program that runs once); level 1
+    compiles it 2-3x faster than the default and gives bit-identical values (measured on this
+    project's CPU for the tiny test config and the default CIFAR-10 / N=50 one).
+    """
+    if jax.default_backend() != "cpu":
+        return {}
+    return {**compiler_options(), "xla_backend_optimization_level": "1"}
+
+
 def build_target(cfg: Config):
     """The paper's target for the dataset (the LeNet-like CNN for CIFAR, the 4-conv net for Omniglot)."""
     return spec(cfg.dataset).target(cfg, conv_impl=resolve_conv_impl(cfg.conv_impl),

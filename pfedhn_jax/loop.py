@@ -36,8 +36,13 @@ def is_eval_step(step: int, cfg: Config) -> bool:
     return (step - 1) % cfg.eval_every == 0 or step == cfg.num_steps
 
 
+@jax.jit
+def _finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def _all_finite(tree) -> bool:
-    return bool(jax.jit(lambda t: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(t)])))(tree))
+    return bool(_finite(tree))
 
 
 def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensorboard: bool = False) -> dict:

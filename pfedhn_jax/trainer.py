@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pfedhn_jax import evaluate, server
 from pfedhn_jax.algorithm import StepMetrics, TrainState
-from pfedhn_jax.builders import build_algorithm, compiler_options
+from pfedhn_jax.builders import build_algorithm, compiler_options, init_compiler_options
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
 from pfedhn_jax.errors import UserError
@@ -51,6 +51,10 @@ def device_mesh(num_runs: int, clients_per_step: int = 1, devices: list | None =
     else:
         shape = (1, d)
     return Mesh(np.array(devices).reshape(shape), ("runs", "clients"))
+
+
+# compiled (step, evaluation) of recent Trainers, keyed by algorithm, run count, mesh and shapes
+_PROGRAMS: dict = {}
 
 
 def padded_size(num_runs: int, num_devices: int) -> int:
@@ -103,7 +107,7 @@ class Trainer:
             return state._replace(server=state.server._replace(
                 opt_state=server.set_learning_rate(state.server.opt_state, lrs)))
 
-        self._init = jax.jit(init, out_shardings=runs)
+        self._init = jax.jit(init, out_shardings=runs, compiler_options=init_compiler_options())
 
     def _place(self, data: FederatedData) -> FederatedData:
         """Images replicated, per-run index arrays sharded over the 'runs' axis (with a mesh).
@@ -127,11 +131,23 @@ class Trainer:
 
     def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
         """Compile the step (for sampled clients, or for given ones when replaying) and the
-        evaluation ahead of time; returns seconds spent."""
+        evaluation ahead of time; returns seconds spent. A later Trainer of the same algorithm,
+        mesh and shapes in this process reuses the executables (a grid, a resumed run, tests)."""
         t0 = time.perf_counter()
         ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
-        self._step = self._step.lower(self.data, state, ids).compile()
-        self._eval = self._eval.lower(state, self.data).compile()
+        avals = jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "sharding", None)), (self.data, state, ids))
+        key = (self.alg, self.num_runs, self.mesh, jax.tree.structure(avals), tuple(jax.tree.leaves(avals)))
+        try:
+            programs = _PROGRAMS.pop(key, None)
+        except TypeError:  # an unhashable algorithm (e.g. a user's target): no reuse
+            key, programs = None, None
+        if programs is None:
+            programs = (self._step.lower(self.data, state, ids).compile(), self._eval.lower(state, self.data).compile())
+        if key is not None:
+            _PROGRAMS[key] = programs  # most recent last
+            while len(_PROGRAMS) > 8:
+                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        self._step, self._eval = programs
         return time.perf_counter() - t0
 
     def step(self, state: TrainState, client_ids: np.ndarray | None = None) -> tuple[TrainState, StepMetrics]:

@@ -31,6 +31,21 @@ def data_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def small_cifar_dir(data_dir, tmp_path_factory) -> Path:
+    """A folder whose cifar10.npz holds 3000 training and 1000 test images drawn from the real
+    file (a fixed draw, every class): real images (a smooth loss surface, so batched and plain programs agree to rounding)
+    that load in milliseconds, in this process and in subprocess tests. Use val_size <= 1000."""
+    import numpy as np
+    d = tmp_path_factory.mktemp("small_cifar")
+    rng = np.random.default_rng(0)
+    with np.load(data_dir / "cifar10.npz") as f:
+        tr, te = np.sort(rng.permutation(len(f["y_train"]))[:3000]), np.sort(rng.permutation(len(f["y_test"]))[:1000])
+        np.savez(d / "cifar10.npz", x_train=f["x_train"][tr], y_train=f["y_train"][tr],
+                 x_test=f["x_test"][te], y_test=f["y_test"][te])
+    return d
+
+
 @pytest.fixture
 def tiny_target() -> ConvNet:
     """A small ConvNet with the CIFAR net's structure (2 convs, 2 dense, head), fast to differentiate."""

@@ -17,18 +17,19 @@ from conftest import ROOT
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
 
-SEEDS = [5, 6, 7]
+SEEDS = [5, 6, 7, 8]  # every in-process group is 4 runs: one compiled program shared by the tests
 
 
 @pytest.fixture(scope="module")
-def fake_dir(data_dir):
-    """Real CIFAR-10 (JPEG copy): random pixels make a chaotic loss surface where float rounding
-    differences between the batched and the plain program grow past any tolerance."""
-    return data_dir
+def fake_dir(small_cifar_dir):
+    """Real CIFAR-10 images (a small slice of the JPEG copy): random pixels make a chaotic loss
+    surface where float rounding differences between the batched and the plain program grow past
+    any tolerance."""
+    return small_cifar_dir
 
 
 def tiny(data_dir, out, **kw) -> Config:
-    base = dict(data_dir=str(data_dir), out=None if out is None else str(out), num_clients=4, val_size=2000,
+    base = dict(data_dir=str(data_dir), out=None if out is None else str(out), num_clients=4, val_size=600,
                 num_steps=6, inner_steps=2, batch_size=8, eval_every=3, n_kernels=2, hyper_hid=8, n_hidden=1,
                 checkpoint_every=0, algo="pfedhn-pc")
     return Config(**{**base, **kw})
@@ -106,10 +107,10 @@ def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_pat
 
 def test_group_resumes_bit_identically(fake_dir, tmp_path):
     cfg = tiny(fake_dir, tmp_path / "a", num_steps=8, checkpoint_every=4)
-    straight = train_seeds(cfg, SEEDS[:2], progress=False)
+    straight = train_seeds(cfg, SEEDS, progress=False)
     half = tiny(fake_dir, tmp_path / "b", num_steps=8, checkpoint_every=4)
-    assert train_seeds(half, SEEDS[:2], progress=False, stop_at=4)["runs"][0]["status"] == "paused"
-    resumed = train_seeds(half, SEEDS[:2], progress=False)
+    assert train_seeds(half, SEEDS, progress=False, stop_at=4)["runs"][0]["status"] == "paused"
+    resumed = train_seeds(half, SEEDS, progress=False)
     assert [points(r) for r in resumed["runs"]] == [points(r) for r in straight["runs"]]
     jax.tree.map(np.testing.assert_array_equal, jax.random.key_data(resumed["state"].key),
                  jax.random.key_data(straight["state"].key))
@@ -118,10 +119,10 @@ def test_group_resumes_bit_identically(fake_dir, tmp_path):
 
 def test_diverging_seed_stops_the_group_naming_it(fake_dir, tmp_path):
     from pfedhn_jax.errors import DivergenceError
-    cfg = tiny(fake_dir, tmp_path / "d", inner_lr=1e6, lr=1e6, num_steps=20, eval_every=1)
-    with pytest.raises(DivergenceError, match=r"seed \d+, client \d+"):
-        train_seeds(cfg, SEEDS[:2], progress=False)
-    assert json.loads((tmp_path / "d" / f"seed-{SEEDS[0]}" / "results.json").read_text())["status"] == "diverged"
+    cfg = tiny(fake_dir, tmp_path / "d", num_steps=20, eval_every=1)  # the lr is state: the same program
+    with pytest.raises(DivergenceError, match=r"lr 1e\+06, seed \d+, client \d+"):
+        train_seeds(cfg, SEEDS[:2], progress=False, lrs=[5e-2, 1e6])
+    assert json.loads((tmp_path / "d" / "lr-1e+06" / f"seed-{SEEDS[0]}" / "results.json").read_text())["status"] == "diverged"
 
 
 DEVICES_SCRIPT = """
@@ -139,12 +140,12 @@ print(json.dumps({"devices": len(jax.devices()), "curves": [r["curves"] for r in
                   "padded": g["runs"][0]["group"]["padded_runs"], "client_curves": c["curves"]}))
 """
 
-CLIENTS = dict(num_clients=8, clients_per_step=8, seed=5)
+CLIENTS = dict(num_clients=8, clients_per_step=8, seed=5, algo="pfedhn", strategy="vmap")
 
 
 @pytest.fixture(scope="module")
 def many_clients(fake_dir):
-    """One run with 8 clients per step on one device (the CPU's sequential strategy)."""
+    """One run with 8 clients per step on one device, vmapped (the sharded program is vmapped too)."""
     return train(tiny(fake_dir, None, **CLIENTS), progress=False)
 
 
@@ -159,7 +160,7 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])
-    assert got["devices"] == devices and got["padded"] == devices  # 3 seeds padded to fill every device
+    assert got["devices"] == devices and got["padded"] == devices  # 4 seeds padded to 8 on 8 devices
     for r, s in enumerate(SEEDS):
         for a, b in zip(got["curves"][r], points(singles[s])):
             for k in ("val_acc", "test_acc"):
