@@ -28,7 +28,7 @@ g = train_seeds(cfg, [5, 6], progress=False)
 print("RESULT " + json.dumps({"process": jax.process_index(), "devices": len(jax.devices()),
                               "curves": [r["curves"] for r in g["runs"]]}))
 """
-CFG = dict(num_clients=4, val_size=2000, num_steps=4, inner_steps=2, batch_size=8, eval_every=2, n_kernels=2,
+CFG = dict(num_clients=4, val_size=600, num_steps=4, inner_steps=2, batch_size=8, eval_every=2, n_kernels=2,
            hyper_hid=8, n_hidden=1, checkpoint_every=2, algo="pfedhn-pc")
 
 
@@ -38,7 +38,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(data_dir, tmp_path):
+def test_two_processes_equal_one(small_cifar_dir, tmp_path):
+    data_dir = small_cifar_dir  # real images, a small file every process reads fast
     from pfedhn_jax.config import Config
     from pfedhn_jax.loop import train_seeds
     one = train_seeds(Config(data_dir=str(data_dir), out=None, **CFG), [5, 6], progress=False)

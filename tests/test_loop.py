@@ -1,4 +1,5 @@
-"""Whole runs on real CIFAR-10 (JPEG copy): determinism, results file, and that training learns."""
+"""Whole runs on real CIFAR-10 (JPEG copy; a 3000 / 1000 slice, `small_cifar_dir`, where the whole
+file is not needed): determinism, results file, extension, and that training learns."""
 
 import dataclasses
 import json
@@ -10,7 +11,7 @@ import pytest
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import is_eval_step, train
 
-SMALL = dict(dataset="cifar10", num_clients=10, num_steps=4, inner_steps=3, eval_every=2, n_kernels=4,
+SMALL = dict(dataset="cifar10", num_clients=10, val_size=500, num_steps=4, inner_steps=3, eval_every=2, n_kernels=4,
              hyper_hid=16, seed=3)
 
 
@@ -19,7 +20,8 @@ def test_eval_schedule_matches_reference():
     assert [s for s in range(1, 101) if is_eval_step(s, cfg)] == [1, 31, 61, 91, 100]
 
 
-def test_same_seed_same_numbers(data_dir, tmp_path):
+def test_same_seed_same_numbers(small_cifar_dir, tmp_path):
+    data_dir = small_cifar_dir
     cfg = Config(data_dir=str(data_dir), out=str(tmp_path / "a"), **SMALL)
     a = train(cfg, progress=False, tensorboard=True)
     b = train(dataclasses.replace(cfg, out=str(tmp_path / "b")), progress=False)
@@ -37,7 +39,7 @@ def test_same_seed_same_numbers(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_short_run_learns(data_dir):
+def test_short_run_learns(data_dir):  # the whole file: a 3000-image slice learns too little in 150 steps
     cfg = Config(data_dir=str(data_dir), num_clients=10, num_steps=150, inner_steps=10, eval_every=50, seed=0)
     r = train(cfg, progress=False)
     first, best = r["curves"][0], r["best"]
@@ -45,9 +47,9 @@ def test_short_run_learns(data_dir):
     assert len(best["test_per_client"]) == 10 and best["test_min"] <= best["test_acc"] <= best["test_max"]
 
 
-def test_extending_a_finished_run_equals_the_longer_run(data_dir, tmp_path):
+def test_extending_a_finished_run_equals_the_longer_run(small_cifar_dir, tmp_path):
     import time
-    base = Config(data_dir=str(data_dir), out=str(tmp_path / "ext"), **SMALL)
+    base = Config(data_dir=str(small_cifar_dir), out=str(tmp_path / "ext"), **SMALL)
     train(base, progress=False)
     t0 = time.perf_counter()
     again = train(base, progress=False)  # finished: nothing reloaded, nothing rewritten

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pfedhn_jax.builders import init_compiler_options
 from pfedhn_jax.targets import ConvNet, cifar_cnn, max_pool2, num_params, omniglot_cnn
 
 
@@ -32,13 +33,13 @@ def test_torch_default_init_bounds():
 @pytest.mark.parametrize("make", [cifar_cnn, lambda **kw: omniglot_cnn(20, **kw)])
 def test_im2col_equals_lax_conv(make):
     t = make()
-    p = t.init(jax.random.key(0))
+    p = jax.jit(t.init, compiler_options=init_compiler_options())(jax.random.key(0))  # one program, not one per op
     x = jax.random.normal(jax.random.key(1), (3,) + t.input_shape)
-    ref = t.apply(p, x)
+    ref = jax.jit(t.apply)(p, x)
     t2 = dataclasses.replace(t, conv_impl="im2col")
-    np.testing.assert_allclose(t2.apply(p, x), ref, rtol=1e-4, atol=1e-5)
-    g1 = jax.grad(lambda q: t.apply(q, x).sum())(p)
-    g2 = jax.grad(lambda q: t2.apply(q, x).sum())(p)
+    np.testing.assert_allclose(jax.jit(t2.apply)(p, x), ref, rtol=1e-4, atol=1e-5)
+    g1 = jax.jit(jax.grad(lambda q: t.apply(q, x).sum()))(p)
+    g2 = jax.jit(jax.grad(lambda q: t2.apply(q, x).sum()))(p)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), g1, g2)
 
 
