@@ -46,7 +46,8 @@ def set_learning_rate(opt_state: optax.InjectHyperparamsState, lr) -> optax.Inje
     """The hypernetwork optimizer's state with another learning rate (a scalar, or one per run of a
     batched state); with `embed_lr` unset the embeddings follow it."""
     old = opt_state.hyperparams["lr"]
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, "lr": jnp.broadcast_to(jnp.asarray(lr, old.dtype), old.shape)})
+    new = jnp.broadcast_to(jnp.asarray(lr, old.dtype), old.shape)
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "lr": new})
 
 
 def _hyper_optimizer(optim, lr, embed_lr, weight_decay, momentum, clip_norm) -> optax.GradientTransformation:

@@ -4,9 +4,9 @@ The runs of a group share the algorithm and the images and differ in their seed 
 weights, client and batch draws) and hypernetwork learning rate: the state and the per-client
 index arrays carry a leading run axis, which `vmap` batches and the mesh axis 'runs' shards, so R
 runs train in one program on every device. A single run with several clients per step shards its
-clients over the mesh axis 'clients' instead (`PFedHN.client_sharding`). A group of one runs the plain program (`PFedHN.step` on unbatched
-leaves), so a single run is exactly the library's step; tests check that R runs in one program
-give the numbers of R single runs.
+clients over the mesh axis 'clients' instead (`PFedHN.client_sharding`). A group of one runs the
+plain program (`PFedHN.step` on unbatched leaves), so a single run is exactly the library's step;
+tests check that R runs in one program give the numbers of R single runs.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ class Trainer:
         runs, rep = (None, None) if mesh is None else (NamedSharding(mesh, P("runs")), NamedSharding(mesh, P()))
         self._step = jax.jit(step, compiler_options=opts, out_shardings=None if mesh is None else (runs, rep))
         self._eval = jax.jit(ev, compiler_options=opts, out_shardings=rep)
+
         def init(key_data, lrs):
             state = jax.vmap(alg.init)(jax.random.wrap_key_data(key_data))
             return state._replace(server=state.server._replace(
