@@ -81,7 +81,9 @@ def load_group_data(cfg: Config, seeds: Sequence[int], stack: bool = True
     The images are stored once whatever the number of runs.
     """
     ds = spec(cfg.dataset)
-    raw, splits = ds.load(cfg, seeds)
+    unique = list(dict.fromkeys(seeds))  # a sweep and padding runs repeat seeds: split each seed once
+    raw, by_seed = ds.load(cfg, unique)
+    splits = [by_seed[unique.index(s)] for s in seeds]
     descs = []
     for split in splits:
         counts = {k: [len(ix) for ix in getattr(split, k)] for k in ("train", "val", "test")}

@@ -20,20 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it ("error: --flag: ..."), status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message.removeprefix('argument ')}\n")
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
-    return vals
+from pfedhn_jax.cli import OneLineParser, comma_list
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--data-dir", default=None, help="folder holding cifar10.npz (default: $PFEDHN_DATA_DIR)")
     a("--num-clients", type=int, default=50, help="clients N (default: 50)")
-    a("--widths", type=_ints, default=[8, 16, 32], metavar="W1,W2,...",
+    a("--widths", type=comma_list(int), default=[8, 16, 32], metavar="W1,W2,...",
       help="n_kernels of each architecture (the second conv has twice) (default: 8,16,32)")
     a("--assign", default="round-robin", metavar="round-robin|A1,A2,...",
       help="architecture of each client: round-robin (client i gets i mod #widths), or N comma-separated "
@@ -70,7 +57,7 @@ def check(args: argparse.Namespace) -> list[int] | None:
     assign = None
     if args.assign != "round-robin":
         try:
-            assign = _ints(args.assign)
+            assign = comma_list(int)(args.assign)
         except argparse.ArgumentTypeError as e:
             bad("assign", f"{e}, or round-robin")
         if len(assign) != args.num_clients:

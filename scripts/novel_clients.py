@@ -21,21 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from pfedhn_jax.cli import OneLineParser, comma_list
+
 DATASETS = ("cifar10", "cifar100")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it ("error: --flag: ..."), status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message.removeprefix('argument ')}\n")
-
-
 def _floats(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
+    vals = comma_list(float)(text)
     if not vals or not all(v > 0 and v < float("inf") for v in vals):
         raise argparse.ArgumentTypeError(f"expected positive concentrations, got '{text}'")
     return vals

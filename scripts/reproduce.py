@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from pfedhn_jax import grid, report
+from pfedhn_jax.cli import comma_list
 from pfedhn_jax.config import ALGOS, DATASETS
 from pfedhn_jax.distributed import set_cpu_devices
 from pfedhn_jax.errors import UserError
@@ -35,23 +36,14 @@ PASSTHROUGH = {"inner_steps": int, "batch_size": int, "eval_every": int, "client
                "compute_dtype": str, "checkpoint_every": int, "n_kernels": int, "hyper_hid": int}
 
 
-def _csv(typ):
-    def parse(text: str):
-        try:
-            return [typ(x) for x in text.replace(",", " ").split()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {typ.__name__}, got '{text}'")
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algos", type=_csv(str), default=list(ALGOS), help="comma-separated (default: pfedhn,pfedhn-pc)")
-    p.add_argument("--datasets", type=_csv(str), default=list(DATASETS),
+    p.add_argument("--algos", type=comma_list(str), default=list(ALGOS), help="comma-separated (default: pfedhn,pfedhn-pc)")
+    p.add_argument("--datasets", type=comma_list(str), default=list(DATASETS),
                    help="comma-separated (default: cifar10,cifar100,omniglot)")
-    p.add_argument("--num-clients", type=_csv(int), default=None,
+    p.add_argument("--num-clients", type=comma_list(int), default=None,
                    help="comma-separated, for every dataset (default: Table 1's: 10,50,100 for CIFAR, 50 for Omniglot)")
-    p.add_argument("--seeds", type=_csv(int), default=list(SEEDS), help="comma-separated (default: 42,27,13)")
+    p.add_argument("--seeds", type=comma_list(int), default=list(SEEDS), help="comma-separated (default: 42,27,13)")
     p.add_argument("--data-dir", default=None, help="folder with <dataset>.npz (default: $PFEDHN_DATA_DIR)")
     p.add_argument("--out", default=None, help="grid folder (default: runs/table1, or runs/table1-quick with --quick)")
     p.add_argument("--quick", action="store_true",

@@ -18,6 +18,7 @@ import typing
 
 from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, OPTIMIZERS, SPLITS,
                                STRATEGIES, Config)
+from pfedhn_jax.cli import OneLineParser, comma_list
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 
 # (group, help) for every Config field; "{default}" is filled in; choices are listed by argparse.
@@ -83,22 +84,6 @@ CHOICES = {"dataset": DATASETS, "data_source": DATA_SOURCES, "split": SPLITS, "a
            "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES}
 
 
-def _list(typ):
-    def parse(text: str) -> list:
-        try:
-            return [typ(x) for x in text.replace(",", " ").split()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {typ.__name__}s, got '{text}'")
-    return parse
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line naming it ("error: --flag: ..."), status 2, no usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message.removeprefix('argument ')} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = {k: p.add_argument_group(title) for k, title in GROUPS.items()}
@@ -114,10 +99,10 @@ def parser() -> argparse.ArgumentParser:
                        metavar=None if f.name in CHOICES else f.name.upper(),
                        help=text.format(default=f.default))
     scale = p.add_argument_group("several runs, devices and hosts")
-    scale.add_argument("--seeds", type=_list(int), default=None, metavar="S1,S2,...",
+    scale.add_argument("--seeds", type=comma_list(int), default=None, metavar="S1,S2,...",
                        help="train one run per seed in one program (results in <out>/seed-<s>/, mean ± std in "
                             "<out>/summary.md); replaces --seed")
-    scale.add_argument("--lrs", type=_list(float), default=None, metavar="LR1,LR2,...",
+    scale.add_argument("--lrs", type=comma_list(float), default=None, metavar="LR1,LR2,...",
                        help="sweep the hypernetwork learning rate: one run per value (and per seed of --seeds) in "
                             "the same program; results in <out>/lr-<lr>/seed-<s>/, a table in <out>/summary.md; "
                             "replaces --lr")
