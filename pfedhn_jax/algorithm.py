@@ -1,4 +1,4 @@
-"""pFedHN and pFedHN-PC as one algorithm record: `init`, `step`, `personal_params`.
+"""pFedHN and pFedHN-PC as one algorithm record: `init`, `step`, `personal_params`, `evaluate`.
 
 The two variants differ only in which target params are private (kept on the client, never
 generated; `hnet.private`): none for pFedHN, the classifier head for pFedHN-PC. One outer step:
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pfedhn_jax import client, server
-from pfedhn_jax.data.federated import FederatedData, sample_batch
+from pfedhn_jax import client, evaluate, server
+from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, merge_params, split_params
 from pfedhn_jax.targets import Params
 
@@ -119,6 +119,18 @@ class PFedHN:
         """Each client's full target params: generated θ merged with its private part. Leaves (C, ...)."""
         theta = self.hnet.apply(state.server.params, client_ids)
         return merge_params(theta, jax.tree.map(lambda a: a[client_ids], state.clients.private))
+
+    def evaluate(self, state: TrainState, data: FederatedData, split: ClientIndex,
+                 clients_per_batch: int | None = None, sharding: Any = None) -> evaluate.ClientMetrics:
+        """Every client (ids 0..N-1) with its personal model on `split` (e.g. data.test); leaves (N,).
+
+        clients_per_batch: as `evaluate.evaluate_clients`; sharding: spread the clients' params
+        over devices (e.g. the mesh's 'clients' axis) and evaluate them all at once.
+        """
+        params = self.personal_params(state, jnp.arange(self.hnet.num_clients))
+        if sharding is not None:
+            params = jax.lax.with_sharding_constraint(params, sharding)
+        return evaluate.evaluate_clients(self.target.apply, params, data, split, clients_per_batch)
 
     def sample_clients(self, key: jax.Array, client_ids: jax.Array | None = None) -> jax.Array:
         """The (clients_per_step,) int32 clients of a step: drawn without replacement, or given (replay)."""

@@ -5,6 +5,7 @@ The one place where flags become objects; the dataset-specific parts come from t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -57,14 +58,22 @@ def build_target(cfg: Config):
 def build_algorithm(cfg: Config) -> PFedHN:
     """The algorithm record for a config: target, hypernetwork and optimiser settings.
 
-    pFedHN-PC keeps the target's classifier head private (docs/reference.md §3).
+    pFedHN-PC keeps the target's classifier head private (docs/reference.md §3). With
+    --client-widths, one hypernetwork serves CNNs of several widths (`hetero.HeteroPFedHN`).
     """
+    settings = dict(inner_steps=cfg.inner_steps, batch_size=cfg.batch_size, inner_lr=cfg.inner_lr,
+                    inner_wd=cfg.inner_wd, optim=cfg.optim, lr=cfg.hyper_lr, embed_lr=cfg.embed_lr, wd=cfg.wd,
+                    clients_per_step=cfg.clients_per_step, strategy=cfg.strategy, unroll=cfg.unroll)
+    if cfg.widths:
+        from pfedhn_jax.hetero import HeteroHyperNetwork, HeteroPFedHN
+        targets = tuple(build_target(dataclasses.replace(cfg, n_kernels=w)) for w in cfg.widths)
+        hnet = HeteroHyperNetwork(targets, cfg.num_clients, cfg.assignment, cfg.embed_dim, cfg.hyper_hid,
+                                  cfg.n_hidden)
+        return HeteroPFedHN(hnet, **settings)
     target = build_target(cfg)
     private = (target.head,) if cfg.algo == "pfedhn-pc" else ()
     hnet = HyperNetwork(target, cfg.num_clients, cfg.embed_dim, cfg.hyper_hid, cfg.n_hidden, private)
-    return PFedHN(hnet, inner_steps=cfg.inner_steps, batch_size=cfg.batch_size, inner_lr=cfg.inner_lr,
-                  inner_wd=cfg.inner_wd, optim=cfg.optim, lr=cfg.hyper_lr, embed_lr=cfg.embed_lr, wd=cfg.wd,
-                  clients_per_step=cfg.clients_per_step, strategy=cfg.strategy, unroll=cfg.unroll)
+    return PFedHN(hnet, **settings)
 
 
 def load_data(cfg: Config) -> tuple[FederatedData, SplitSummary, dict]:

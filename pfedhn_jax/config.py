@@ -65,6 +65,8 @@ class Config:
     hyper_hid: int = 100
     n_hidden: int = 3
     n_kernels: int = 16
+    client_widths: str | None = None   # heterogeneous targets: "8,16,32" = one CNN per n_kernels (CIFAR)
+    client_assign: str = "round-robin" # architecture of each client: round-robin, or N indices into the widths
     clients_per_step: int = 1          # > 1 is a deviation: the reference uses 1
     init_from: str | None = None       # replay: initial hypernetwork (and private heads) of a reference run
     client_order: str | None = None    # replay: the client of every outer step of a reference run
@@ -85,6 +87,16 @@ class Config:
     @property
     def hyper_lr(self) -> float:
         return DEFAULT_LR[self.algo] if self.lr is None else self.lr
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The n_kernels of each architecture of a heterogeneous run (--client-widths); () otherwise."""
+        return _ints("client-widths", self.client_widths) if self.client_widths else ()
+
+    @property
+    def assignment(self) -> tuple[int, ...]:
+        """Each client's index into `widths` (--client-assign); () = round-robin (client i gets i mod A)."""
+        return () if self.client_assign == "round-robin" else _ints("client-assign", self.client_assign)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,7 +138,32 @@ class Config:
                             f"--clients-per-step {self.clients_per_step}")
         if self.clients_per_step > self.num_clients:
             raise UserError(f"--clients-per-step: {self.clients_per_step} exceeds --num-clients {self.num_clients}")
+        self._validate_widths()
         return self
+
+    def _validate_widths(self) -> None:
+        if not self.client_widths:
+            if self.client_assign != "round-robin":
+                raise UserError("--client-assign: only with --client-widths (heterogeneous targets)")
+            return
+        if any(w < 1 for w in self.widths):
+            raise UserError(f"--client-widths: must be positive integers, got {self.client_widths}")
+        if self.algo != "pfedhn":
+            raise UserError("--client-widths: heterogeneous targets are pFedHN only (no private head); "
+                            "use --algo pfedhn")
+        if self.init_from is not None:
+            raise UserError("--init-from: loads a reference hypernetwork of one architecture; drop --client-widths")
+        a = self.assignment
+        if a and (len(a) != self.num_clients or not all(0 <= x < len(self.widths) for x in a)):
+            raise UserError(f"--client-assign: needs {self.num_clients} indices (one per client) in "
+                            f"[0, {len(self.widths)}), or round-robin; got {self.client_assign}")
+
+
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--{flag}: expected comma-separated integers, got '{text}'") from None
 
 
 def _canonical(v: Any) -> Any:

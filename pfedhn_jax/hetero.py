@@ -170,6 +170,14 @@ class HeteroPFedHN(PFedHN):
             raise ValueError(f"clients {ids} are not all of architecture {arch}")
         return self.hnet.apply_arch(state.server.params, jnp.asarray(ids, jnp.int32), arch)
 
+    def evaluate(self, state: TrainState, data: FederatedData, split: ClientIndex,
+                 clients_per_batch: int | None = None, sharding=None) -> evaluate.ClientMetrics:
+        """Every client with its own architecture's model (`evaluate_arches`), leaves (N,) in client
+        order. `sharding` is ignored: the architectures' programs differ in shape."""
+        mets = evaluate_arches(self, state, data, split, clients_per_batch)
+        order = np.argsort(np.concatenate([self.hnet.clients_of(a) for a in range(self.hnet.num_archs)]))
+        return evaluate.ClientMetrics(*(jnp.concatenate([m[k] for m in mets])[order] for k in range(3)))
+
     def local_round(self, data: FederatedData, params: Params, ids: jax.Array,
                     keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Clients `ids` (C,) train on their slices. -> θ (C, S), θ̃ (C, S) (= θ outside each slice), loss (C,)."""
@@ -205,23 +213,25 @@ class HeteroPFedHN(PFedHN):
         return TrainState(state.step + 1, srv, state.clients, key), StepMetrics(ids, loss, delta)
 
 
-def evaluate_arches(alg: HeteroPFedHN, state: TrainState, data: FederatedData,
-                    split: ClientIndex) -> list[evaluate.ClientMetrics]:
+def evaluate_arches(alg: HeteroPFedHN, state: TrainState, data: FederatedData, split: ClientIndex,
+                    clients_per_batch: int | None = None) -> list[evaluate.ClientMetrics]:
     """Per architecture a: `evaluate_clients` of its clients (ascending ids) on `split`; leaves (N_a,)."""
     out = []
     for a in range(alg.hnet.num_archs):
         ids = np.asarray(alg.hnet.clients_of(a), np.int32)
         sub = ClientIndex(split.index[ids], split.count[ids])
-        out.append(evaluate.evaluate_clients(alg.hnet.targets[a].apply, alg.personal_params(state, a), data, sub))
+        batch = None if clients_per_batch is None else len(ids)
+        out.append(evaluate.evaluate_clients(alg.hnet.targets[a].apply, alg.personal_params(state, a), data, sub,
+                                             batch))
     return out
 
 
-def summarize_arches(hnet: HeteroHyperNetwork, metrics: list[evaluate.ClientMetrics]) -> dict:
-    """{'overall': pooled over all clients (per_client in client order), 'per_arch': [pooled within a]}."""
-    ids = np.concatenate([np.asarray(hnet.clients_of(a), np.int64) for a in range(hnet.num_archs)])
-    order = np.argsort(ids)
-    cat = evaluate.ClientMetrics(*(np.concatenate([np.asarray(m[k]) for m in metrics])[order] for k in range(3)))
-    return {"overall": evaluate.summarize(cat), "per_arch": [evaluate.summarize(m) for m in metrics]}
+def summarize_arches(hnet: HeteroHyperNetwork, m: evaluate.ClientMetrics) -> list[dict]:
+    """Pooled summary within each architecture's clients (`evaluate.summarize`, without per_client);
+    m: every client's metrics, leaves (N,) in client order (`HeteroPFedHN.evaluate`)."""
+    pick = lambda a: evaluate.ClientMetrics(*(np.asarray(x)[list(hnet.clients_of(a))] for x in m))
+    return [{k: v for k, v in evaluate.summarize(pick(a)).items() if k != "per_client"}
+            for a in range(hnet.num_archs)]
 
 
 def communication(hnet: HeteroHyperNetwork, clients_per_step: int = 1) -> dict:

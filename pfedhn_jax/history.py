@@ -20,14 +20,26 @@ from pfedhn_jax.algorithm import StepMetrics
 from pfedhn_jax.config import Config
 from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import DivergenceError
+from pfedhn_jax.hetero import HeteroPFedHN
+from pfedhn_jax.hetero import communication as hetero_communication
 
 
 def communication(alg, cfg: Config) -> dict:
     """Bytes each way per outer step and over the schedule: θ down and θ̃ − θ up, per sampled client.
 
     Only the generated part travels (pFedHN-PC's private head never leaves its client); the
-    hypernetwork never leaves the server. Bytes = parameters × dtype size.
+    hypernetwork never leaves the server. Bytes = parameters × dtype size. Heterogeneous targets:
+    bytes per client of each architecture ("per_arch"), and per round the expectation under
+    uniform client sampling.
     """
+    if isinstance(alg, HeteroPFedHN):
+        c = hetero_communication(alg.hnet, cfg.clients_per_step)
+        for entry, w in zip(c["per_arch"], cfg.widths):
+            entry["width"] = w
+        per_round = c.pop("expected_bytes_down_per_round")
+        c.pop("expected_bytes_up_per_round")
+        return {**c, "bytes_down_per_round": per_round, "bytes_up_per_round": per_round,
+                "bytes_total": 2 * per_round * cfg.num_steps, "per_round": "expected under uniform client sampling"}
     shapes = jax.eval_shape(alg.hnet.init, jax.random.key(0))
     theta = jax.eval_shape(alg.hnet.apply, shapes, jnp.int32(0))
     per_client = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(theta))
@@ -82,10 +94,17 @@ class RunRecord:
     def add_evaluation(self, step: int, train_loss: float, val: dict, test: dict, eval_s: float) -> dict:
         """Append the curve point, update best / final / timing; returns the point."""
         self.eval_s += eval_s
-        self.tracker.update(step, val, test)
+        improved = self.tracker.update(step, val, test)
         point = {"step": step, "train_loss": train_loss, "val_acc": val["acc"], "val_loss": val["loss"],
                  "test_acc": test["acc"], "test_loss": test["loss"], "wall_s": self.wall_s()}
         res, cfg = self.results, self.cfg
+        if "per_arch" in test:  # heterogeneous targets: pooled within each width's clients
+            point["val_acc_per_arch"] = [v["acc"] for v in val["per_arch"]]
+            point["test_acc_per_arch"] = [t["acc"] for t in test["per_arch"]]
+            if improved:
+                res["best_per_arch"] = [{"width": w, "val_acc": v["acc"], "test_acc": t["acc"], "test_min": t["min"],
+                                         "test_max": t["max"], "test_std": t["std"]}
+                                        for w, v, t in zip(cfg.widths, val["per_arch"], test["per_arch"])]
         res["curves"].append(point)
         res["best"] = dataclasses.asdict(self.tracker)
         res["final"] = {"step": step, "val": val, "test": test}

@@ -25,6 +25,7 @@ from pfedhn_jax.builders import build_algorithm, compiler_options, init_compiler
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
 from pfedhn_jax.errors import UserError
+from pfedhn_jax.hetero import HeteroPFedHN, summarize_arches
 
 # vmap axes of FederatedData in a group: images shared, per-client index arrays per run
 DATA_RUN_AXES = FederatedData(None, None, None, None, 0, 0, 0)
@@ -79,12 +80,9 @@ class Trainer:
         spread = alg.client_sharding is not None and n % mesh.shape["clients"] == 0
 
         def evaluate_run(state: TrainState, data: FederatedData):
-            params = alg.personal_params(state, jnp.arange(n))
-            if spread:  # every client at once, the clients split over the devices like training
-                params = jax.lax.with_sharding_constraint(params, alg.client_sharding)
-            return tuple(evaluate.evaluate_clients(alg.target.apply, params, data, split,
-                                                   n if spread else clients_per_batch)
-                         for split in (data.val, data.test))
+            # spread: every client at once, the clients split over the devices like training
+            return tuple(alg.evaluate(state, data, split, n if spread else clients_per_batch,
+                                      alg.client_sharding if spread else None) for split in (data.val, data.test))
 
         if num_runs == 1:  # the plain program: squeeze the run axis in, expand it out
             squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
@@ -160,4 +158,11 @@ class Trainer:
         """(val, test) summaries of every run (`evaluate.summarize`), in run order."""
         val, test = jax.device_get(self._eval(state, self.data))
         pick = lambda m, r: jax.tree.map(lambda a: a[r], m)
-        return [(evaluate.summarize(pick(val, r)), evaluate.summarize(pick(test, r))) for r in range(self.num_runs)]
+        return [tuple(self._summarize(pick(m, r)) for m in (val, test)) for r in range(self.num_runs)]
+
+    def _summarize(self, m: evaluate.ClientMetrics) -> dict:
+        """`evaluate.summarize`, plus "per_arch" (pooled within each architecture) for heterogeneous targets."""
+        out = evaluate.summarize(m)
+        if isinstance(self.alg, HeteroPFedHN):
+            out["per_arch"] = summarize_arches(self.alg.hnet, m)
+        return out

@@ -58,6 +58,11 @@ HELP = {
     "hyper_hid": ("algorithm", "hypernetwork hidden width (default: {default})"),
     "n_hidden": ("algorithm", "hypernetwork hidden layers (default: {default})"),
     "n_kernels": ("algorithm", "CIFAR target: kernels of the first conv (the second has twice) (default: {default})"),
+    "client_widths": ("algorithm", "heterogeneous targets (paper Sec. 5.2): one hypernetwork for CIFAR CNNs of these "
+                                   "--n-kernels values, e.g. 8,16,32; each client receives only its architecture's "
+                                   "slice; replaces --n-kernels; pfedhn only (docs/heterogeneous.md)"),
+    "client_assign": ("algorithm", "with --client-widths, each client's architecture: round-robin (client i gets i "
+                                   "mod #widths) or N comma-separated indices into the widths (default: {default})"),
     "clients_per_step": ("algorithm", "clients per outer step, VJPs averaged; the reference uses 1, more is a "
                                       "deviation (default: {default})"),
     "init_from": ("algorithm", "replay: the initial hypernetwork (hnet/*) and private heads (local/<client>/*) "
@@ -170,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     b, comm = res["best"], res.get("communication")
     traffic = (f"; {comm['bytes_down_per_round'] / 1e6:.2f} MB down and up per round, {comm['bytes_total'] / 1e9:.2f} "
                f"GB in all, hypernetwork {comm['hypernet_bytes'] / 1e6:.1f} MB (never sent)" if comm else "")
+    for arch, c in zip(res.get("best_per_arch", ()), (comm or {}).get("per_arch", ())):
+        print(f"  width {arch['width']}: {c['clients']} clients, {c['bytes_down_per_client']:,} bytes down and up per "
+              f"client per round, test acc at the best val step {arch['test_acc']:.4f}")
     print(f"test acc at the best val step {b['best_step']}: {b['test_acc']:.4f} (val {b['best_val_acc']:.4f}; "
           f"per client min {b['test_min']:.4f} max {b['test_max']:.4f} std {b['test_std']:.4f}); "
           f"wall {res['timing']['wall_s']:.0f} s, compile {res['compile_s']:.1f} s{traffic}")

@@ -23,6 +23,15 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("PFEDHN_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 
+def train_script():
+    """scripts/train.py as a module (its `main(argv)` returns the exit status), for in-process CLI tests."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = shared_data_dir()

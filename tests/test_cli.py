@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, train_script
 
 
 def run_cli(*args, env_data_dir=None, timeout=60):
@@ -60,19 +60,11 @@ def test_existing_output_is_not_overwritten(tmp_path, data_dir):
     assert (out / "results.json").read_text() == "{}"
 
 
-def _train_script():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_help_describes_every_flag_in_groups():
     import dataclasses
 
     from pfedhn_jax.config import Config
-    p = _train_script().parser()
+    p = train_script().parser()
     flags = {a.dest: a for a in p._actions if a.option_strings and a.dest != "help"}
     assert set(flags) >= {f.name for f in dataclasses.fields(Config)}
     for dest, a in flags.items():

@@ -150,10 +150,13 @@ def test_mixed_architecture_steps_compile_once(alg, init):
     if cache_size is not None:
         assert sampled._cache_size() == 1
     mets = jax.jit(hetero.evaluate_arches, static_argnums=0)(alg, state, data, data.test)
-    summary = hetero.summarize_arches(alg.hnet, mets)
-    assert len(summary["per_arch"]) == 3 and len(summary["overall"]["per_client"]) == N
-    correct = sum(int(np.asarray(x.correct).sum()) for x in mets)
-    assert summary["overall"]["acc"] == pytest.approx(correct / (2 * N))
+    m = jax.jit(alg.evaluate)(state, data, data.test)  # every client, back in client order
+    per_arch = hetero.summarize_arches(alg.hnet, m)
+    assert len(per_arch) == 3 and m.correct.shape == (N,)
+    for a, x in enumerate(mets):
+        np.testing.assert_array_equal(np.asarray(m.correct)[list(alg.hnet.clients_of(a))], x.correct)
+        np.testing.assert_array_equal(np.asarray(m.loss)[list(alg.hnet.clients_of(a))], x.loss)
+        assert per_arch[a]["acc"] == pytest.approx(int(x.correct.sum()) / int(x.total.sum()))
 
 
 def test_bytes_are_params_times_four(alg):
@@ -166,14 +169,57 @@ def test_bytes_are_params_times_four(alg):
     assert c["flat_vector_params"] == sum(alg.hnet.sizes)
 
 
-@pytest.mark.parametrize("flags, msg", [(["--widths", "8,x"], "error: --widths: expected comma-separated integers"),
-                                        (["--assign", "0,1"], "error: --assign: needs 50 entries"),
-                                        (["--assign", "0,3", "--num-clients", "2"], "error: --assign: entries")])
-def test_script_rejects_bad_flags_with_one_line(flags, msg, tmp_path):
-    import subprocess
-    import sys
+def test_train_script_runs_mixed_widths(small_cifar_dir, tmp_path, capsys):
+    """scripts/train.py --client-widths: per-width accuracies pool each width's clients (per the
+    assignment), the headline step's per-width numbers are reported, bytes per width = params × 4.
+    (The trainer runs any algorithm's step unchanged: tests/test_group.py, tests/test_loop.py.)"""
+    import dataclasses
+    import json
 
-    from conftest import ROOT
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "hetero.py"), "--out", str(tmp_path / "o"), *flags],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr.startswith(msg) and r.stderr.count("\n") == 1, r.stderr
+    from conftest import train_script
+    from pfedhn_jax.builders import build_algorithm
+    from pfedhn_jax.config import Config
+
+    flags = ["--data-dir", str(small_cifar_dir), "--num-clients", "4", "--val-size", "200", "--num-steps", "3",
+             "--inner-steps", "2", "--batch-size", "8", "--eval-every", "2", "--hyper-hid", "8", "--n-hidden", "1",
+             "--client-widths", "2,3", "--client-assign", "1,0,1,1", "--seed", "3", "--no-progress"]
+    assert train_script().main(flags + ["--out", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "width 2: 1 clients" in printed and "width 3: 3 clients" in printed
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assignment = np.array([1, 0, 1, 1])
+    counts = {k: np.array(v) for k, v in res["data"]["client_counts"].items()}
+    for row in res["curves"]:
+        assert len(row["test_acc_per_arch"]) == len(row["val_acc_per_arch"]) == 2
+    final = res["final"]["test"]
+    correct = np.array(final["per_client"]) * counts["test"]
+    for a in range(2):
+        mine = assignment == a
+        assert res["curves"][-1]["test_acc_per_arch"][a] == pytest.approx(correct[mine].sum() / counts["test"][mine].sum())
+    assert final["acc"] == pytest.approx(correct.sum() / counts["test"].sum())
+    best = res["curves"][[c["step"] for c in res["curves"]].index(res["best"]["best_step"])]
+    assert [a["test_acc"] for a in res["best_per_arch"]] == best["test_acc_per_arch"]
+    assert [a["width"] for a in res["best_per_arch"]] == [2, 3]
+
+    cfg = Config(num_clients=4, hyper_hid=8, n_hidden=1)
+    comm = res["communication"]["per_arch"]
+    for a, w in enumerate((2, 3)):
+        target = build_algorithm(dataclasses.replace(cfg, n_kernels=w)).target
+        assert comm[a]["width"] == w and comm[a]["clients"] == int((assignment == a).sum())
+        assert comm[a]["bytes_down_per_client"] == 4 * num_params(jax.eval_shape(target.init, jax.random.key(0)))
+    assert res["communication"]["bytes_down_per_round"] == pytest.approx(
+        (comm[0]["bytes_down_per_client"] + 3 * comm[1]["bytes_down_per_client"]) / 4)
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--client-widths", "8,x"], "error: --client-widths: expected comma-separated integers"),
+    (["--client-widths", "8,16", "--client-assign", "0,1"], "error: --client-assign: needs 50 indices"),
+    (["--client-widths", "8,16", "--client-assign", "0,2", "--num-clients", "2"], "error: --client-assign: needs 2"),
+    (["--client-assign", "0,1"], "error: --client-assign: only with --client-widths"),
+    (["--client-widths", "8,16", "--algo", "pfedhn-pc"], "error: --client-widths: heterogeneous targets are pFedHN"),
+    (["--client-widths", "8,16", "--dataset", "omniglot"], "error: --client-widths: varies the CIFAR CNN")])
+def test_train_script_rejects_bad_widths_with_one_line(flags, msg, tmp_path, capsys):
+    from conftest import train_script
+    assert train_script().main(["--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(msg) and err.count("\n") == 1, err

@@ -100,6 +100,9 @@ class OmniglotSpec(DatasetSpec):
         super().check(cfg)
         if cfg.split_file is not None:
             raise UserError("--split-file: replays a reference CIFAR split; Omniglot has its own (drop the flag)")
+        if cfg.client_widths:
+            raise UserError("--client-widths: varies the CIFAR CNN's --n-kernels; Omniglot's target has no width "
+                            "(drop the flag)")
         from pfedhn_jax.data.omniglot import SIDE
         if not self.min_image_size <= cfg.image_size <= SIDE:
             raise UserError(f"--image-size: must be in {self.min_image_size}..{SIDE} for Omniglot "
