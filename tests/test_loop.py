@@ -39,12 +39,14 @@ def test_same_seed_same_numbers(small_cifar_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_short_run_learns(data_dir):  # the whole file: a 3000-image slice learns too little in 150 steps
-    cfg = Config(data_dir=str(data_dir), num_clients=10, num_steps=150, inner_steps=10, eval_every=50, seed=0)
+def test_short_run_learns(data_dir):  # the whole file: a 3000-image slice learns too little this fast
+    # 5 clients, so each is trained 16 times in 80 steps (measured: test acc 0.12 at step 1, 0.79 at 80)
+    cfg = Config(data_dir=str(data_dir), num_clients=5, num_steps=80, inner_steps=10, eval_every=79, val_size=1000,
+                 seed=0)
     r = train(cfg, progress=False)
     first, best = r["curves"][0], r["best"]
     assert best["test_acc"] > 0.6 > first["test_acc"]  # 2 classes per client: learnt well beyond chance
-    assert len(best["test_per_client"]) == 10 and best["test_min"] <= best["test_acc"] <= best["test_max"]
+    assert len(best["test_per_client"]) == 5 and best["test_min"] <= best["test_acc"] <= best["test_max"]
 
 
 def test_extending_a_finished_run_equals_the_longer_run(small_cifar_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""pFedHN-PC on real CIFAR-10 (JPEG copy), tiny configs: the private head persists on its client
+"""pFedHN-PC on real CIFAR-10 (JPEG copy; the small slice), tiny configs: the private head persists on its client
 with its own optimizer state, never enters the hypernetwork, and is the one evaluated
 (docs/reference.md §3 "pFedHN-PC", §5)."""
 
@@ -16,7 +16,7 @@ from pfedhn_jax.server import hypernet_grads
 
 N = 4
 TINY = dict(dataset="cifar10", num_clients=N, num_steps=8, inner_steps=2, batch_size=8, n_kernels=4,
-            hyper_hid=16, n_hidden=1, eval_every=4, val_size=2000, seed=5)
+            hyper_hid=16, n_hidden=1, eval_every=4, val_size=600, seed=5)
 STEPS = 8
 
 
@@ -29,8 +29,8 @@ def _row(tree, i):
 
 
 @pytest.fixture(scope="module")
-def cfg(data_dir):
-    return Config(data_dir=str(data_dir), algo="pfedhn-pc", **TINY)
+def cfg(small_cifar_dir):
+    return Config(data_dir=str(small_cifar_dir), algo="pfedhn-pc", **TINY)
 
 
 @pytest.fixture(scope="module")
