@@ -11,6 +11,7 @@ import pytest
 
 from pfedhn_jax import hetero, server
 from pfedhn_jax.algorithm import PFedHN
+from pfedhn_jax.builders import init_compiler_options
 from pfedhn_jax.data.federated import FederatedData, pad_clients
 from pfedhn_jax.hypernet import HyperNetwork
 from pfedhn_jax.targets import ConvNet, num_params
@@ -42,7 +43,7 @@ def alg() -> hetero.HeteroPFedHN:
 @pytest.fixture(scope="module")
 def init(alg):
     """alg.init, jitted once for the module (random init programs are slow to compile on XLA:CPU)."""
-    return jax.jit(alg.init)
+    return jax.jit(alg.init, compiler_options=init_compiler_options())
 
 
 def test_assignment_and_slices(alg):
@@ -104,7 +105,11 @@ def test_one_architecture_reduces_to_the_plain_hypernetwork(tiny_target):
     hn = HyperNetwork(tiny_target, N, embed_dim=3, hidden_dim=16, n_hidden=2)
     hh = hetero.HeteroHyperNetwork((tiny_target,), N, embed_dim=3, hidden_dim=16, n_hidden=2)
     key, ids = jax.random.key(7), jnp.arange(N)
-    p, q = jax.jit(hn.init)(key), jax.jit(hh.init)(key)
+    plain = PFedHN(hn, inner_steps=3, batch_size=4, clients_per_step=2)
+    het = hetero.HeteroPFedHN(hh, inner_steps=3, batch_size=4, clients_per_step=2)
+    fast = dict(compiler_options=init_compiler_options())  # bit-identical, faster to compile (test_checkpoint)
+    s, t = jax.jit(plain.init, **fast)(key), jax.jit(het.init, **fast)(key)
+    p, q = s.server.params, t.server.params  # both hypernetworks initialised from the same key
     np.testing.assert_array_equal(p["embeddings"], q["embeddings"])
     jax.tree.map(np.testing.assert_array_equal, p["mlp"], q["mlp"])
     flat_heads = [jnp.concatenate([h[k] for h in jax.tree.leaves(p["heads"], is_leaf=is_head)],
@@ -118,9 +123,6 @@ def test_one_architecture_reduces_to_the_plain_hypernetwork(tiny_target):
 
     # and whole training steps: same key, same clients, same batches -> the same φ
     data = tiny_data()
-    plain = PFedHN(hn, inner_steps=3, batch_size=4, clients_per_step=2)
-    het = hetero.HeteroPFedHN(hh, inner_steps=3, batch_size=4, clients_per_step=2)
-    s, t = jax.jit(plain.init)(key), jax.jit(het.init)(key)
     plain_step, het_step = jax.jit(plain.step), jax.jit(het.step)
     for _ in range(3):
         s, ms = plain_step(data, s)
