@@ -135,7 +135,8 @@ def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) 
     out = {"status": status, "config": {k: v for k, v in first["config"].items() if k not in ("seed", "out", "lr")},
            "data": {k: first["data"].get(k) for k in ("dataset", "label", "source", "sha256")},
            "steps": first.get("final", {}).get("step", 0),
-           "timing": {"wall_s": records[0].wall_s(), "train_s": records[0].train_s}}
+           "timing": {"wall_s": records[0].wall_s(), "train_s": records[0].train_s},
+           "communication": first.get("communication")}  # per run: every run of a group has the same
     if not sweep:
         out["config"]["lr"] = first["config"]["lr"]
         return {**out, **{k: v for k, v in rows[0].items() if k != "lr"}}
@@ -153,6 +154,11 @@ def render_group(summary: dict) -> str:
              f"{runs} runs in one program", "",
              f"Status: {summary['status']}, after {summary['steps']} of {cfg['num_steps']} outer steps "
              f"(wall {summary['timing']['wall_s']:.0f} s).", ""]
+    comm = summary.get("communication")
+    if comm:
+        lines += [f"Communication per run: {comm['bytes_down_per_round']:,.0f} bytes down and "
+                  f"{comm['bytes_up_per_round']:,.0f} up per round, {comm['bytes_total']:,.0f} in all; the "
+                  f"hypernetwork ({comm['hypernet_bytes']:,} bytes) never leaves the server.", ""]
     fmt = lambda a: f"{a:.4f}" if isinstance(a, float) and not math.isnan(a) else "—"
     if rows:
         seeds = rows[0]["seeds"]

@@ -74,6 +74,8 @@ def test_seeds_in_one_program_equal_single_runs(fake_dir, tmp_path, singles):
     assert summary["seeds"] == SEEDS and "rows" not in summary and summary["mean"] == pytest.approx(np.mean(accs), abs=1e-6)
     assert summary["std"] == pytest.approx(np.std(accs), abs=1e-6)
     assert "Mean ± std" in (out / "summary.md").read_text()
+    assert summary["communication"] == on_disk["communication"]  # the same for every run of the group
+    assert f"{on_disk['communication']['bytes_total']:,.0f} in all" in (out / "summary.md").read_text()
 
 
 def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_path, singles):
