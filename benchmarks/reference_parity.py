@@ -23,6 +23,11 @@ a PNG (default benchmarks/out/reference_parity[_quick]/).
 
 --quick is N=10 clients, 200 steps; the full setting N=50, 1500 steps. A reference run whose
 outputs are already in <out>/<algo>/reference/ is reused unless --rerun-reference.
+
+The two sides can run at the same time, on separate cores: `--skip-ours` runs the reference;
+`--skip-reference --dump D` runs ours on the draws in D, made before the reference finishes by
+benchmarks/predict_reference_draws.py; a last call with `--reuse-ours` compares them, and refuses
+unless D holds exactly the arrays the reference dumped.
 """
 
 from __future__ import annotations
@@ -69,6 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: benchmarks/out/reference_parity[_quick])")
     p.add_argument("--rerun-reference", action="store_true", help="run the reference even if its outputs exist")
     p.add_argument("--skip-ours", action="store_true", help="only run (or reuse) the reference")
+    p.add_argument("--skip-reference", action="store_true", help="only run ours (needs --dump)")
+    p.add_argument("--dump", default=None,
+                   help="ours replays this dump instead of the reference's own (e.g. predicted draws, so both sides "
+                        "run at once); the comparison checks it equals the reference's dump")
+    p.add_argument("--reuse-ours", action="store_true", help="read ours from <out>/<algo>/ours.json instead of running")
     p.add_argument("--interrupted-reference", action="store_true",
                    help="reuse a reference run stopped with SIGINT (its dump is written at exit): compare the test "
                         "curve of its log up to its last evaluation; it has no val curve or results JSON")
@@ -81,6 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [a for a in args.algos if a not in MODULES]
     if bad:
         p.error(f"--algos: unknown {bad}; choose from {', '.join(MODULES)}")
+    if args.skip_reference and not args.dump:
+        p.error("--skip-reference: ours needs draws to replay; give --dump PATH")
+    if args.dump and len(args.algos) != 1:
+        p.error("--dump: holds one algorithm's draws; give exactly one --algos")
     # absolute: the reference runs with its own folder as the working directory
     args.out = Path(args.out or common.BENCH_DIR / "out" / f"reference_parity{'_quick' if args.quick else ''}").resolve()
     return args
@@ -169,6 +183,13 @@ def read_reference(ref_dir: Path, num_steps: int, eval_every: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- (b) ours
+
+
+def same_draws(a: Path, b: Path) -> bool:
+    """Whether two dumps hold the same arrays (split, initial weights, client order)."""
+    import numpy as np
+    with np.load(a) as x, np.load(b) as y:
+        return set(x.files) == set(y.files) and all(np.array_equal(x[k], y[k]) for k in x.files)
 
 
 def run_ours(args, algo: str, dump: Path) -> dict:
@@ -319,6 +340,13 @@ def main(argv=None) -> None:
     json_path = args.out / "reference_parity.json"
     for algo in args.algos:
         ref_dir = args.out / algo / "reference"
+        dump = Path(args.dump) if args.dump else ref_dir / "dump.npz"
+        if args.skip_reference:
+            ours = run_ours(args, algo, dump)
+            (args.out / algo).mkdir(parents=True, exist_ok=True)
+            common.write_json(args.out / algo / "ours.json", {**ours, "dump": str(dump.resolve())})
+            print(f"[{algo}] wrote {args.out / algo / 'ours.json'}", flush=True)
+            continue
         if args.interrupted_reference:
             ref_run = {"command": reference_command(args, algo, ref_dir), "reused": True, "wall_s": None}
             ref = read_interrupted_reference(ref_dir, args.eval_every)
@@ -327,13 +355,21 @@ def main(argv=None) -> None:
             ref_run = run_reference(args, algo, ref_dir)
             ref = read_reference(ref_dir, args.num_steps, args.eval_every)
         entry = {"reference": {**ref, **ref_run}, "cmdline": record["cmdline"], "environment": record["environment"]}
+        if dump != ref_dir / "dump.npz" and not same_draws(dump, ref_dir / "dump.npz"):
+            sys.exit(f"--dump {dump}: its draws differ from the reference's {ref_dir / 'dump.npz'}; not comparable")
+        if args.reuse_ours:
+            ours = json.loads((args.out / algo / "ours.json").read_text())
+            if Path(ours.pop("dump")) != dump.resolve():
+                sys.exit(f"--reuse-ours: {args.out / algo / 'ours.json'} replayed another dump; give it as --dump")
         if not args.skip_ours:
-            ours = run_ours(args, algo, ref_dir / "dump.npz")
+            ours = ours if args.reuse_ours else run_ours(args, algo, dump)
             entry.update(ours=ours, compare=compare(ref, ours))
             print(side_by_side(algo, ref, ours, entry["compare"]), flush=True)
         record["algos"][algo] = entry
         record = merged(json_path, record)
         common.write_json(json_path, record)
+    if args.skip_reference:
+        return
     plot(record, args.out / "reference_parity.png")
     print(f"\n{record['setting']['label']}, N={args.num_clients}, {args.num_steps} steps, seed {args.seed}:")
     for algo, e in record["algos"].items():
