@@ -32,6 +32,19 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: test order within a file kept
 
 
+# The one small run of the end-to-end tests (with `small_cifar_dir`), in this process and in
+# subprocesses: runs of equal shapes and settings lower to equal programs, which the persistent
+# cache above compiles once for the whole suite. Schedules (num_steps, eval_every, checkpoints)
+# do not enter the programs; a test that needs other shapes states why.
+TINY_RUN = dict(num_clients=4, val_size=600, inner_steps=2, batch_size=8, n_kernels=2, hyper_hid=8, n_hidden=1,
+                algo="pfedhn-pc", seed=5)
+
+
+def tiny_flags(**kw) -> list[str]:
+    """TINY_RUN, updated by kw, as scripts/train.py flags."""
+    return [a for k, v in {**TINY_RUN, **kw}.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("PFEDHN_DATA_DIR") or ROOT.parent / "shared" / "data")
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TINY_RUN
 from pfedhn_jax import distributed
 from pfedhn_jax.errors import UserError
 
@@ -28,8 +28,7 @@ g = train_seeds(cfg, [5, 6], progress=False)
 print("RESULT " + json.dumps({"process": jax.process_index(), "devices": len(jax.devices()),
                               "curves": [r["curves"] for r in g["runs"]]}))
 """
-CFG = dict(num_clients=4, val_size=600, num_steps=4, inner_steps=2, batch_size=8, eval_every=2, n_kernels=2,
-           hyper_hid=8, n_hidden=1, checkpoint_every=2, algo="pfedhn-pc")
+CFG = dict(TINY_RUN, num_steps=4, eval_every=2, checkpoint_every=2)  # one process: test_group's 2-seed program
 
 
 def free_port() -> int:

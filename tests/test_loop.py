@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import TINY_RUN
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import is_eval_step, train
 
-SMALL = dict(dataset="cifar10", num_clients=10, val_size=500, num_steps=4, inner_steps=3, eval_every=2, n_kernels=4,
-             hyper_hid=16, seed=3)
+SMALL = dict(TINY_RUN, num_steps=4, eval_every=2)
 
 
 def test_eval_schedule_matches_reference():
@@ -25,7 +25,7 @@ def test_same_seed_same_numbers(small_cifar_dir, tmp_path):
     cfg = Config(data_dir=str(data_dir), out=str(tmp_path / "a"), **SMALL)
     a = train(cfg, progress=False, tensorboard=True)
     b = train(dataclasses.replace(cfg, out=str(tmp_path / "b")), progress=False)
-    c = train(dataclasses.replace(cfg, out=None, seed=4), progress=False)
+    c = train(dataclasses.replace(cfg, out=None, seed=6), progress=False)
     strip = lambda r: [{k: v for k, v in row.items() if k != "wall_s"} for row in r["curves"]]
     assert strip(a) == strip(b)
     jax.tree.map(np.testing.assert_array_equal, a["state"].server.params, b["state"].server.params)
@@ -33,7 +33,7 @@ def test_same_seed_same_numbers(small_cifar_dir, tmp_path):
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["data"]["sha256"] and len(saved["curves"]) == 3  # steps 1, 3, 4
     assert saved["best"]["best_step"] in (1, 3, 4) and (tmp_path / "a" / "curves.png").is_file()
-    assert saved["config"]["seed"] == 3 and saved["compile_s"] > 0
+    assert saved["config"]["seed"] == 5 and saved["compile_s"] > 0
     events = list((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and all(tag in events[0].read_bytes() for tag in (b"accuracy/val", b"loss/train"))
 

@@ -1,8 +1,8 @@
 """Long runs survive: chunked / interrupted runs resume bit-identically, divergence keeps the last good
 checkpoint, mismatched configs and changed data are refused, --out is never changed without --overwrite.
 
-Runs use a small generated cifar10.npz (random pixels) so each costs seconds; the real file is
-exercised end to end in test_loop.py.
+Runs are the suite's TINY_RUN on the small slice of the real file (the programs of test_group's
+single runs); the changed-data check writes its own random-pixel files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TINY_RUN, tiny_flags
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.errors import DataError, DivergenceError, UserError
@@ -27,24 +27,13 @@ from pfedhn_jax.loop import train
 from pfedhn_jax.trainer import Trainer
 
 
-def write_cifar_like(path, n_train=1200, n_test=400, seed=0):
-    rng = np.random.default_rng(seed)
-    np.savez(path, x_train=rng.integers(0, 256, (n_train, 32, 32, 3), np.uint8),
-             y_train=rng.integers(0, 10, n_train), x_test=rng.integers(0, 256, (n_test, 32, 32, 3), np.uint8),
-             y_test=rng.integers(0, 10, n_test))
-
-
 @pytest.fixture(scope="module")
-def fake_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    write_cifar_like(d / "cifar10.npz")
-    return d
+def fake_dir(small_cifar_dir):
+    return small_cifar_dir
 
 
 def tiny(data_dir, out, **kw) -> Config:
-    base = dict(data_dir=str(data_dir), out=str(out), num_clients=4, val_size=200, num_steps=40,
-                inner_steps=2, batch_size=8, eval_every=7, n_kernels=2, hyper_hid=8, n_hidden=1,
-                checkpoint_every=10, seed=5, algo="pfedhn-pc")
+    base = dict(TINY_RUN, data_dir=str(data_dir), out=str(out), num_steps=40, eval_every=7, checkpoint_every=10)
     return Config(**{**base, **kw})
 
 
@@ -105,13 +94,16 @@ def test_different_config_is_refused_naming_keys(fake_dir, tmp_path):
     assert snapshot(tmp_path / "a") == before
 
 
-def test_changed_data_file_is_refused_on_resume(tmp_path):
+def test_changed_data_file_is_refused_on_resume(fake_dir, tmp_path):
     d = tmp_path / "data"
     d.mkdir()
-    write_cifar_like(d / "cifar10.npz", seed=0)
+    with np.load(fake_dir / "cifar10.npz") as f:
+        arrays = dict(f)
+    np.savez(d / "cifar10.npz", **arrays)
     cfg = tiny(d, tmp_path / "a", num_steps=6, eval_every=3)
     train(cfg, progress=False, stop_at=3)
-    write_cifar_like(d / "cifar10.npz", seed=1)
+    arrays["x_train"][0, 0, 0, 0] ^= 1  # one bit of one pixel
+    np.savez(d / "cifar10.npz", **arrays)
     with pytest.raises(DataError, match="checksum"):
         train(cfg, progress=False)
 
@@ -159,9 +151,7 @@ def test_overwrite_removes_only_run_files(fake_dir, tmp_path):
 def test_sigterm_leaves_a_resumable_checkpoint(fake_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--no-progress", "--data-dir", str(fake_dir),
-           "--out", str(out), "--num-clients", "4", "--val-size", "200", "--num-steps", "100000",
-           "--inner-steps", "2", "--batch-size", "8", "--eval-every", "5", "--n-kernels", "2",
-           "--hyper-hid", "8", "--n-hidden", "1", "--checkpoint-every", "0"]
+           "--out", str(out), *tiny_flags(num_steps=100000, eval_every=5, checkpoint_every=0)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         deadline = time.time() + 240

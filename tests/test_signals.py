@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tiny_flags
 
-TINY = ["--num-clients", "4", "--val-size", "200", "--inner-steps", "2", "--batch-size", "8", "--n-kernels", "2",
-        "--hyper-hid", "8", "--n-hidden", "1", "--checkpoint-every", "0", "--no-progress"]
+TINY = [*tiny_flags(checkpoint_every=0), "--no-progress"]
 
 
 def start(data_dir, out, *extra):
@@ -40,6 +39,8 @@ def wait_for_line(proc, prefix: str, timeout: float = 120) -> list[str]:
     ("compiling", "compiling", signal.SIGTERM),
 ])
 def test_signal_during_start_up_ends_cleanly(data_dir, tmp_path, phase, prefix, sig):
+    # the whole file: loading takes seconds, and its shapes are compiled by no other test, so
+    # the signal lands while it loads / compiles, not after
     out = tmp_path / "run"
     proc = start(data_dir, out, "--num-steps", "50")
     try:
@@ -56,9 +57,9 @@ def test_signal_during_start_up_ends_cleanly(data_dir, tmp_path, phase, prefix, 
     assert not out.exists() or not any(out.iterdir())  # no half-written output folder
 
 
-def test_sigterm_during_training_checkpoints_within_a_step(data_dir, tmp_path):
+def test_sigterm_during_training_checkpoints_within_a_step(small_cifar_dir, tmp_path):
     out = tmp_path / "run"
-    proc = start(data_dir, out, "--num-steps", "100000", "--eval-every", "5")
+    proc = start(small_cifar_dir, out, "--num-steps", "100000", "--eval-every", "5")
     try:
         deadline = time.time() + 180
         while not (out / "results.json").is_file():  # written at the first evaluation: training
