@@ -25,7 +25,8 @@ from typing import Callable, Mapping, Union
 import jax
 import jax.numpy as jnp
 
-from pfedhn_jax.targets import Params, Target, torch_uniform
+from pfedhn_jax.draws import torch_dense_many
+from pfedhn_jax.targets import Params, Target
 
 KeyPath = tuple[str, ...]  # the dict keys from the root of a params tree to a leaf, as strings
 Private = Union[tuple[str, ...], Callable[[KeyPath], bool]]
@@ -129,11 +130,6 @@ def param_shapes(target: Target) -> Params:
         return jax.eval_shape(target.init, jax.random.key(0))
 
 
-def _dense_init(key: jax.Array, n_in: int, n_out: int) -> Params:
-    kw, kb = jax.random.split(key)
-    return {"kernel": torch_uniform(kw, (n_in, n_out), n_in), "bias": torch_uniform(kb, (n_out,), n_in)}
-
-
 @dataclasses.dataclass(frozen=True)
 class HyperNetwork:
     """Generates the non-private params of `target` for each client.
@@ -187,9 +183,11 @@ class HyperNetwork:
         leaves, treedef = jax.tree.flatten(shapes)
         k_emb, k_mlp, k_heads = jax.random.split(key, 3)
         dims = [self.embedding_dim] + [self.hidden_dim] * (self.n_hidden + 1)
-        mlp = [_dense_init(k, a, b) for k, a, b in zip(jax.random.split(k_mlp, len(dims) - 1), dims[:-1], dims[1:])]
-        heads = [_dense_init(k, self.hidden_dim, math.prod(s.shape))
-                 for k, s in zip(jax.random.split(k_heads, len(leaves)), leaves)]
+        # one threefry call for all layers (draws.py): the same numbers as a call per layer
+        layers = torch_dense_many(jnp.concatenate([jax.random.split(k_mlp, len(dims) - 1),
+                                                   jax.random.split(k_heads, len(leaves))]),
+                                  list(zip(dims[:-1], dims[1:])) + [(self.hidden_dim, math.prod(s.shape)) for s in leaves])
+        mlp, heads = layers[:len(dims) - 1], layers[len(dims) - 1:]
         return {"embeddings": jax.random.normal(k_emb, (self.num_clients, self.embedding_dim)),
                 "mlp": mlp,
                 "heads": jax.tree.unflatten(treedef, heads)}

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pfedhn_jax.draws import uniform_many
+
 Params = Any  # a pytree (nested dicts) of arrays
 
 
@@ -154,9 +156,10 @@ class ConvNet:
         """PyTorch-default initialisation (weights and biases U(±1/sqrt(fan_in)))."""
         layers = self.layer_shapes()
         keys = jax.random.split(key, 2 * len(layers))
-        return {name: {"kernel": torch_uniform(keys[2 * i], ks, fan),
-                       "bias": torch_uniform(keys[2 * i + 1], bs, fan)}
-                for i, (name, (ks, bs, fan)) in enumerate(layers.items())}
+        draws = [(keys[2 * i + j], shape, -1 / math.sqrt(fan), 1 / math.sqrt(fan))
+                 for i, (ks, bs, fan) in enumerate(layers.values()) for j, shape in enumerate((ks, bs))]
+        values = uniform_many(draws)  # = torch_uniform per tensor, from one threefry call
+        return {name: {"kernel": values[2 * i], "bias": values[2 * i + 1]} for i, name in enumerate(layers)}
 
     def features(self, params: Params, x: jax.Array) -> jax.Array:
         """(B, H, W, C) float images -> (B, F) features before the head."""
