@@ -81,7 +81,7 @@ def small_cifar_dir(data_dir, tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_target() -> ConvNet:
     """A small ConvNet with the CIFAR net's structure (2 convs, 2 dense, head), fast to differentiate."""
     return ConvNet((10, 10, 3), (3, 4), 3, "VALID", (6, 5), 4)

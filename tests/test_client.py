@@ -9,8 +9,9 @@ from pfedhn_jax import client
 
 
 def _batches(target, n=40, seed=0, dtype=None):
-    x = jax.random.normal(jax.random.key(seed), (n,) + target.input_shape, dtype or jnp.float64)
-    y = jax.random.randint(jax.random.key(seed + 1), (n,), 0, target.n_classes)
+    rng = np.random.default_rng(seed)  # NumPy draws: no compiled sampler per shape
+    x = jnp.asarray(rng.normal(size=(n,) + target.input_shape), dtype or jnp.float64)
+    y = jnp.asarray(rng.integers(0, target.n_classes, n), jnp.int32)
     return x, y
 
 
