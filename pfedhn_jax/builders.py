@@ -25,19 +25,26 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return "im2col" if jax.default_backend() == "cpu" else "xla"
 
 
-def compiler_options() -> dict[str, str]:
-    """XLA options for our jitted programs, chosen per backend by measurement.
+def compiler_options() -> dict[str, str | bool]:
+    """XLA options for our jitted programs, chosen per backend by measurement (benchmarks/RESULTS.md).
 
-    On CPU, XLA's YNNPACK fusions slow the small-batch training step down (benchmarks/RESULTS.md:
-    im2col step 51 local steps/s with them off on a 2-core EPYC); they are switched off unless
-    the user set XLA_FLAGS themselves.
+    On CPU: XLA's YNNPACK fusions slow the small-batch training step down (im2col step 51 local
+    steps/s with them off on a 2-core EPYC); and XLA's older fusion code generator compiles the
+    default CIFAR-10 step in 7.6 s instead of 11.1 s, with the same step time (1.9 s). Both are
+    switched off only where the user's XLA_FLAGS do not set them.
     """
-    if jax.default_backend() != "cpu" or "ynn_fusion" in os.environ.get("XLA_FLAGS", ""):
+    if jax.default_backend() != "cpu":
         return {}
-    return {"xla_cpu_experimental_ynn_fusion_type": ""}
+    flags = os.environ.get("XLA_FLAGS", "")
+    opts: dict[str, str | bool] = {}
+    if "ynn_fusion" not in flags:
+        opts["xla_cpu_experimental_ynn_fusion_type"] = ""
+    if "fusion_emitters" not in flags:
+        opts["xla_cpu_use_fusion_emitters"] = False
+    return opts
 
 
-def init_compiler_options() -> dict[str, str]:
+def init_compiler_options() -> dict[str, str | bool]:
     """XLA options for the one-off initialisation program: on CPU, LLVM optimisation level 1.
 
     The initialiser is dozens of threefry random calls (a large program that runs once); level 1

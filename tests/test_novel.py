@@ -127,7 +127,7 @@ def test_vmapped_fit_equals_fitting_each_alone(alg):
     data = tiny_data(3)
     params = hinit(alg, 3)
     keys = jax.random.split(jax.random.key(4), 3)
-    emb0 = jax.random.normal(jax.random.key(5), (3, 3))
+    emb0 = jnp.asarray(np.random.default_rng(5).normal(size=(3, 3)), jnp.float32)
     together = novel.fit_novel_embeddings(alg, params, data, data.train, keys, steps=6, lr=0.1, init=emb0)
     for k in range(3):
         one = ClientIndex(data.train.index[k:k + 1], data.train.count[k:k + 1])
@@ -217,9 +217,9 @@ def test_generalization_gap_is_against_pooled_training_accuracy():
 
 
 @pytest.mark.slow
-def test_script_end_to_end(tmp_path, data_dir):
+def test_script_end_to_end(tmp_path, small_cifar_dir):
     out = tmp_path / "novel"
-    cmd = [sys.executable, str(ROOT / "scripts" / "novel_clients.py"), "--data-dir", str(data_dir),
+    cmd = [sys.executable, str(ROOT / "scripts" / "novel_clients.py"), "--data-dir", str(small_cifar_dir),
            "--num-clients", "4", "--num-novel", "2", "--novel-alphas", "0.5,5", "--alpha-train", "0.5",
            "--steps", "2", "--inner-steps", "2", "--batch-size", "16", "--fit-steps", "2", "--fedavg-clients", "2",
            "--compare-init", "--seed", "3", "--out", str(out)]
