@@ -25,12 +25,13 @@ def _batch_fn(x, y, b=8):
 def _reference_loop(target, params, batch_fn, key, steps, lr, momentum, wd, clip):
     """The reference inner loop, written out: clip_grad_norm_, then SGD with weight decay and momentum."""
     loss = lambda p, x, y: client.masked_cross_entropy(target.apply(p, x), y, jnp.ones(len(y), bool))
+    grad = jax.jit(jax.value_and_grad(loss))  # one program instead of one per op; the update below is NumPy
     p = jax.tree.map(np.asarray, params)
     buf = None
     losses = []
     for k in jax.random.split(key, steps):
         x, y, _ = batch_fn(k)
-        l, g = jax.value_and_grad(loss)(p, x, y)
+        l, g = grad(p, x, y)
         losses.append(float(l))
         g = jax.tree.map(np.asarray, g)
         norm = np.sqrt(sum(np.sum(a ** 2) for a in jax.tree.leaves(g)))

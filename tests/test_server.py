@@ -29,7 +29,7 @@ def test_vjp_equals_explicit_jacobian_transpose_product(setup):
     g = hypernet_grads(h, params, ids, theta_tilde)
     flat_p, unravel = ravel_pytree(params)
     gen = lambda fp: ravel_pytree(h.apply(unravel(fp), ids))[0]
-    jac = jax.jacrev(gen)(flat_p)  # (T, P)
+    jac = jax.jit(jax.jacrev(gen))(flat_p)  # (T, P), one program
     cot = (ravel_pytree(theta)[0] - ravel_pytree(theta_tilde)[0]) / len(ids)
     np.testing.assert_allclose(ravel_pytree(g)[0], jac.T @ cot, rtol=1e-10, atol=1e-12)
 
