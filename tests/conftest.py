@@ -9,7 +9,7 @@ from pathlib import Path
 # One persistent XLA compilation cache for the suite and its subprocesses (the CLI, signal, device
 # and process tests compile the same small programs again); set before anything imports JAX.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pfedhn-jax-test-cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")  # programs, not the thousands of eager ops
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
