@@ -4,9 +4,9 @@ Each `jax.random.uniform` call becomes its own threefry kernel in a compiled pro
 needs up to a few seconds to compile each one. A hypernetwork's init makes two draws per head. With JAX's
 default PRNG (threefry2x32, partitionable mode), element i of a draw of any shape depends only on
 (key, i) in row-major order. So all draws can be one threefry over their concatenated elements,
-each element with its own key and counter. Measured on the project's 2-core CPU
-(benchmarks/RESULTS.md): the default CIFAR-10 hypernetwork's init compiles in 5.2 s instead of
-12.8 s and runs in 1.9 s instead of 0.6 s. Other PRNG implementations, or the non-partitionable
+each element with its own key and counter. Measured on the project's 2-core CPU,
+shared with other jobs (benchmarks/RESULTS.md): the default CIFAR-10 hypernetwork's init compiles
+in 6.2 s instead of 13.1 s and runs in 1.9 s instead of 0.6 s. Other PRNG implementations, or the non-partitionable
 mode, fall back to one call per draw.
 """
 

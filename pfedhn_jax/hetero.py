@@ -31,8 +31,7 @@ import numpy as np
 from pfedhn_jax import client, evaluate, server
 from pfedhn_jax.algorithm import ClientState, PFedHN, StepMetrics, TrainState
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
-from pfedhn_jax.draws import torch_dense_many
-from pfedhn_jax.hypernet import HyperNetwork, param_shapes
+from pfedhn_jax.hypernet import HyperNetwork, initial_layers, param_shapes
 from pfedhn_jax.targets import Params, Target
 
 
@@ -105,14 +104,9 @@ class HeteroHyperNetwork:
         head block of leaf j (over all architectures, in order) from `split(k_heads, total_leaves)[j]`.
         """
         leaves = [s for a in range(self.num_archs) for s in jax.tree.leaves(self.arch_shapes(a))]
-        k_emb, k_mlp, k_heads = jax.random.split(key, 3)
-        e, hid = self.embedding_dim, self.hidden_dim
-        dims = [e] + [hid] * (self.n_hidden + 1)
-        layers = torch_dense_many(jnp.concatenate([jax.random.split(k_mlp, len(dims) - 1),
-                                                   jax.random.split(k_heads, len(leaves))]),
-                                  list(zip(dims[:-1], dims[1:])) + [(hid, math.prod(s.shape)) for s in leaves])
-        mlp, blocks = layers[:len(dims) - 1], layers[len(dims) - 1:]
-        return {"embeddings": jax.random.normal(k_emb, (self.num_clients, e)), "mlp": mlp,
+        embeddings, mlp, blocks = initial_layers(key, self.num_clients, self.embedding_dim, self.hidden_dim,
+                                                 self.n_hidden, [math.prod(s.shape) for s in leaves])
+        return {"embeddings": embeddings, "mlp": mlp,
                 "head": {"kernel": jnp.concatenate([b["kernel"] for b in blocks], 1),
                          "bias": jnp.concatenate([b["bias"] for b in blocks])}}
 

@@ -130,6 +130,21 @@ def param_shapes(target: Target) -> Params:
         return jax.eval_shape(target.init, jax.random.key(0))
 
 
+def initial_layers(key: jax.Array, num_clients: int, embedding_dim: int, hidden_dim: int, n_hidden: int,
+                   head_sizes: list[int]) -> tuple[jax.Array, list[Params], list[Params]]:
+    """A hypernetwork's initial weights as the reference draws them: embeddings (num_clients,
+    embedding_dim) N(0, 1); the MLP trunk and one Linear head (hidden_dim, n) per head size n,
+    PyTorch-default. Returns (embeddings, mlp layers, heads); all Linear layers from one
+    threefry call (draws.py), the same numbers as a call per layer."""
+    k_emb, k_mlp, k_heads = jax.random.split(key, 3)
+    dims = [embedding_dim] + [hidden_dim] * (n_hidden + 1)
+    layers = torch_dense_many(jnp.concatenate([jax.random.split(k_mlp, len(dims) - 1),
+                                               jax.random.split(k_heads, len(head_sizes))]),
+                              list(zip(dims[:-1], dims[1:])) + [(hidden_dim, n) for n in head_sizes])
+    embeddings = jax.random.normal(k_emb, (num_clients, embedding_dim))
+    return embeddings, layers[:len(dims) - 1], layers[len(dims) - 1:]
+
+
 @dataclasses.dataclass(frozen=True)
 class HyperNetwork:
     """Generates the non-private params of `target` for each client.
@@ -179,18 +194,10 @@ class HyperNetwork:
         return split_params(self.param_shapes(), self.private)[0]
 
     def init(self, key: jax.Array) -> Params:
-        shapes = self.target_shapes()
-        leaves, treedef = jax.tree.flatten(shapes)
-        k_emb, k_mlp, k_heads = jax.random.split(key, 3)
-        dims = [self.embedding_dim] + [self.hidden_dim] * (self.n_hidden + 1)
-        # one threefry call for all layers (draws.py): the same numbers as a call per layer
-        layers = torch_dense_many(jnp.concatenate([jax.random.split(k_mlp, len(dims) - 1),
-                                                   jax.random.split(k_heads, len(leaves))]),
-                                  list(zip(dims[:-1], dims[1:])) + [(self.hidden_dim, math.prod(s.shape)) for s in leaves])
-        mlp, heads = layers[:len(dims) - 1], layers[len(dims) - 1:]
-        return {"embeddings": jax.random.normal(k_emb, (self.num_clients, self.embedding_dim)),
-                "mlp": mlp,
-                "heads": jax.tree.unflatten(treedef, heads)}
+        leaves, treedef = jax.tree.flatten(self.target_shapes())
+        embeddings, mlp, heads = initial_layers(key, self.num_clients, self.embedding_dim, self.hidden_dim,
+                                                self.n_hidden, [math.prod(s.shape) for s in leaves])
+        return {"embeddings": embeddings, "mlp": mlp, "heads": jax.tree.unflatten(treedef, heads)}
 
     def features(self, params: Params, client_ids: jax.Array) -> jax.Array:
         """client_ids (...,) int -> MLP features (..., hidden_dim)."""
