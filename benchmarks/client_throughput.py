@@ -38,8 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--inner-steps", type=int, default=50, help="K local steps per client (reference: 50)")
     p.add_argument("--num-clients", type=int, default=None,
                    help="N of the federated split (default: max(50, largest C); the reference uses 50)")
-    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "im2col"),
-                   help="auto: im2col on CPU, lax.conv elsewhere (pfedhn_jax.builders.resolve_conv_impl)")
+    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "nhwc_vjp", "im2col"),
+                   help="auto: per backend and strategy (pfedhn_jax.builders.resolve_conv_impl)")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the local loop")
     p.add_argument("--plot", default=None, help="PNG path (default: the JSON path with .png)")
@@ -56,7 +56,7 @@ def measure(cfg, data, repeats: int, warmup: int, sharded: bool = False) -> dict
     from pfedhn_jax.builders import build_algorithm, compiler_options
     from pfedhn_jax.trainer import device_mesh
 
-    alg = build_algorithm(cfg)
+    alg = build_algorithm(cfg, vmapped=sharded)
     mesh = device_mesh(1, cfg.clients_per_step) if sharded else None
     if mesh is not None:
         alg = dataclasses.replace(alg, client_sharding=NamedSharding(mesh, P("clients")))

@@ -12,17 +12,25 @@ from typing import Sequence
 import jax
 
 from pfedhn_jax.algorithm import PFedHN
+from pfedhn_jax.client import resolve_strategy
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import FederatedData, SplitSummary, to_device
 from pfedhn_jax.data.registry import spec
 from pfedhn_jax.hypernet import HyperNetwork
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """'auto': im2col on CPU (matmuls stay fast inside XLA:CPU loops), lax.conv elsewhere."""
-    if conv_impl != "auto":
-        return conv_impl
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+def resolve_conv_impl(cfg: Config, vmapped: bool = False) -> str:
+    """The convolution for cfg's target (`pfedhn_jax.layers`). 'auto': lax.conv off CPU; on CPU,
+    measured (benchmarks/RESULTS.md), lax.conv with the NHWC VJP when each client's local loop runs
+    on its own, im2col when local loops are vmapped (several runs in one program, or the step's
+    clients under `vmap`), where per-client kernels make lax.conv a grouped convolution.
+    """
+    if cfg.conv_impl != "auto":
+        return cfg.conv_impl
+    if jax.default_backend() != "cpu":
+        return "xla"
+    vmapped = vmapped or resolve_strategy(cfg.strategy, cfg.clients_per_step) == "vmap"
+    return "im2col" if vmapped else "nhwc_vjp"
 
 
 def compiler_options() -> dict[str, str | bool]:
@@ -56,14 +64,15 @@ def init_compiler_options() -> dict[str, str | bool]:
     return {**compiler_options(), "xla_backend_optimization_level": "1"}
 
 
-def build_target(cfg: Config):
-    """The paper's target for the dataset (the LeNet-like CNN for CIFAR, the 4-conv net for Omniglot)."""
-    return spec(cfg.dataset).target(cfg, conv_impl=resolve_conv_impl(cfg.conv_impl),
-                                    compute_dtype=cfg.compute_dtype)
+def build_target(cfg: Config, vmapped: bool = False):
+    """The paper's target for the dataset (the LeNet-like CNN for CIFAR, the 4-conv net for Omniglot);
+    vmapped: whether its local loops will run under `vmap` (chooses the convolution)."""
+    return spec(cfg.dataset).target(cfg, conv_impl=resolve_conv_impl(cfg, vmapped), compute_dtype=cfg.compute_dtype)
 
 
-def build_algorithm(cfg: Config) -> PFedHN:
-    """The algorithm record for a config: target, hypernetwork and optimiser settings.
+def build_algorithm(cfg: Config, vmapped: bool = False) -> PFedHN:
+    """The algorithm record for a config: target, hypernetwork and optimiser settings; vmapped as
+    in `build_target`.
 
     pFedHN-PC keeps the target's classifier head private (docs/reference.md §3). With
     --client-widths, one hypernetwork serves CNNs of several widths (`hetero.HeteroPFedHN`).
@@ -73,11 +82,11 @@ def build_algorithm(cfg: Config) -> PFedHN:
                     clients_per_step=cfg.clients_per_step, strategy=cfg.strategy, unroll=cfg.unroll)
     if cfg.widths:
         from pfedhn_jax.hetero import HeteroHyperNetwork, HeteroPFedHN
-        targets = tuple(build_target(dataclasses.replace(cfg, n_kernels=w)) for w in cfg.widths)
+        targets = tuple(build_target(dataclasses.replace(cfg, n_kernels=w), vmapped) for w in cfg.widths)
         hnet = HeteroHyperNetwork(targets, cfg.num_clients, cfg.assignment, cfg.embed_dim, cfg.hyper_hid,
                                   cfg.n_hidden)
         return HeteroPFedHN(hnet, **settings)
-    target = build_target(cfg)
+    target = build_target(cfg, vmapped)
     private = (target.head,) if cfg.algo == "pfedhn-pc" else ()
     hnet = HyperNetwork(target, cfg.num_clients, cfg.embed_dim, cfg.hyper_hid, cfg.n_hidden, private)
     return PFedHN(hnet, **settings)

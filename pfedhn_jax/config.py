@@ -21,7 +21,7 @@ OPTIMIZERS = ("sgd", "adam")
 SPLITS = ("reference", "dirichlet")
 DATA_SOURCES = ("auto", "npz", "tfds")
 STRATEGIES = ("auto", "vmap", "map", "loop")
-CONV_IMPLS = ("auto", "xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "nhwc_vjp", "im2col")  # = layers.CONV_IMPLS
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # Hypernetwork learning rate by algorithm, as in the reference's two trainers (docs/reference.md §3).
 DEFAULT_LR = {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}

@@ -19,7 +19,7 @@ import numpy as np
 
 from pfedhn_jax import results as rio
 from pfedhn_jax.algorithm import TrainState
-from pfedhn_jax.builders import load_group_data, resolve_conv_impl
+from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.registry import spec, validate
@@ -157,7 +157,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
             group.records = [RunRecord(group.run_config(i), {
                 "config": group.run_config(i).to_dict(), "data": descs[i], "environment": env,
                 "algorithm": {"hyper_lr": lrs[i], "embed_dim": trainer.alg.hnet.embedding_dim,
-                              "conv_impl": resolve_conv_impl(cfg.conv_impl)},
+                              "conv_impl": trainer.conv_impl},
                 "group": {"seeds": group.seeds, "lrs": group.lrs, "padded_runs": padded, "devices": len(devices)}
                 if r > 1 else None,
                 "communication": comm, "compile_s": compile_s, "status": "running", "curves": [], "best": None},

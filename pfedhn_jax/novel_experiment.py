@@ -92,7 +92,7 @@ def run(args: NovelExperiment, log: Callable[[str], None] = _log) -> dict:
     log(f"{label}: {n} training clients (α={args.alpha_train:g}, {min(n_tr)}-{max(n_tr)} training "
         f"samples each), {m} novel clients (α={','.join(f'{a:g}' for a in alphas)})")
 
-    alg = build_algorithm(cfg)
+    alg = build_algorithm(cfg, vmapped=True)  # the novel fit and FedAvg vmap their clients
     opts = compiler_options()
     key = jax.random.key(args.seed)
     k_hn, k_fit, k_fa_init, k_fedavg, k_ft = jax.random.split(key, 5)

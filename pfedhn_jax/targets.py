@@ -19,9 +19,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-
 from pfedhn_jax.draws import uniform_many
+from pfedhn_jax.layers import COMPUTE_DTYPES, CONV_IMPLS, conv2d, matmul, max_pool2
 
 Params = Any  # a pytree (nested dicts) of arrays
 
@@ -40,60 +39,10 @@ class Target(Protocol):
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array: ...
 
-CONV_IMPLS = ("xla", "im2col")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
 def torch_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int, dtype=jnp.float32) -> jax.Array:
     """PyTorch's default init for Linear/Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def matmul(a: jax.Array, b: jax.Array, compute_dtype: str = "float32") -> jax.Array:
-    """a @ b over the last axis of a; bfloat16 inputs accumulate in float32 when asked."""
-    if compute_dtype == "bfloat16":
-        return jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
-                          preferred_element_type=jnp.float32)
-    return jnp.matmul(a, b)
-
-
-def im2col(x: jax.Array, k: int, padding: str) -> jax.Array:
-    """(B, H, W, C) -> (B, H', W', k*k*C) patches, ordered (kh, kw, c) like an HWIO kernel.
-
-    Built from k*k strided slices: on XLA:CPU a convolution written as patches @ kernel is a
-    plain matmul, which stays fast inside loops and under `vmap` (a per-client weight becomes a
-    batched matmul instead of a grouped convolution).
-    """
-    if padding == "SAME":
-        p = k // 2
-        x = jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
-    h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
-    cols = [x[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
-    return jnp.concatenate(cols, axis=-1)
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str,
-           impl: str = "xla", compute_dtype: str = "float32") -> jax.Array:
-    """Stride-1 2-D convolution, NHWC input and HWIO kernel."""
-    k = kernel.shape[0]
-    if impl == "im2col":
-        y = matmul(im2col(x, k, padding), kernel.reshape(-1, kernel.shape[-1]), compute_dtype)
-    else:
-        dt = jnp.bfloat16 if compute_dtype == "bfloat16" else x.dtype
-        y = lax.conv_general_dilated(
-            x.astype(dt), kernel.astype(dt), (1, 1), padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            preferred_element_type=jnp.float32 if compute_dtype == "bfloat16" else None)
-    return y + bias
-
-
-def max_pool2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2, floor mode (PyTorch's default), written as reshape + max."""
-    b, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, :2 * h2, :2 * w2, :].reshape(b, h2, 2, w2, 2, c)
-    return x.max(axis=(2, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +52,9 @@ class ConvNet:
     Layers are named conv1..convK, fc1..fcM; the last fc is the classifier `head`.
     `cifar_cnn()` and `omniglot_cnn()` build the paper's two targets.
 
-    conv_impl: 'xla' (lax.conv) or 'im2col' (patches @ kernel); same numbers, different speed.
+    conv_impl: 'xla' (lax.conv), 'nhwc_vjp' (lax.conv, loop-friendly VJP), 'im2col' (patches @
+    kernel), or 'auto' (nhwc_vjp on CPU, xla elsewhere); same numbers, different speed
+    (`pfedhn_jax.layers`).
     compute_dtype: 'float32', or 'bfloat16' matmul inputs with float32 accumulation
     (a documented deviation from the reference, off by default).
     """
@@ -114,7 +65,7 @@ class ConvNet:
     padding: str = "VALID"
     dense_features: tuple[int, ...] = (120, 84)
     n_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
     compute_dtype: str = "float32"
 
     def __post_init__(self):

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pfedhn_jax import evaluate, server
 from pfedhn_jax.algorithm import StepMetrics, TrainState
-from pfedhn_jax.builders import build_algorithm, compiler_options, init_compiler_options
+from pfedhn_jax.builders import build_algorithm, compiler_options, init_compiler_options, resolve_conv_impl
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
 from pfedhn_jax.errors import UserError
@@ -72,8 +72,10 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None):
         self.cfg, self.num_runs, self.mesh = cfg, num_runs, mesh
-        self.alg = build_algorithm(cfg)
-        if mesh is not None and mesh.shape["clients"] > 1:
+        client_mesh = mesh is not None and mesh.shape["clients"] > 1  # the step's clients vmapped, spread
+        self.conv_impl = resolve_conv_impl(cfg, vmapped=num_runs > 1 or client_mesh)
+        self.alg = build_algorithm(cfg, vmapped=num_runs > 1 or client_mesh)
+        if client_mesh:
             self.alg = dataclasses.replace(self.alg, client_sharding=NamedSharding(mesh, P("clients")))
         alg, n = self.alg, cfg.num_clients
         clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU

@@ -80,8 +80,9 @@ HELP = {
                                    "its optimizer state (sizes in README) (default: {default})"),
     "strategy": ("speed", "how the clients of a step run: vmap, lax.map, a Python loop, or auto per backend "
                           "(default: {default})"),
-    "conv_impl": ("speed", "convolutions as lax.conv (xla) or patches @ kernel (im2col); auto = im2col on CPU "
-                           "(default: {default})"),
+    "conv_impl": ("speed", "convolutions as lax.conv (xla), lax.conv with a loop-friendly gradient (nhwc_vjp) "
+                           "or patches @ kernel (im2col); auto: xla off CPU, on CPU nhwc_vjp, or im2col when local "
+                           "loops are vmapped (default: {default})"),
     "compute_dtype": ("speed", "bfloat16 matmul inputs with float32 accumulation: a deviation (default: {default})"),
     "unroll": ("speed", "lax.scan unroll of the local loop (default: {default})"),
 }

@@ -22,11 +22,11 @@ def test_light_modules_import_without_jax():
 
 
 def test_option_lists_agree_with_their_implementations():
-    from pfedhn_jax import client, server, targets
+    from pfedhn_jax import client, layers, server
     assert config.STRATEGIES == client.STRATEGIES
     assert config.OPTIMIZERS == server.OPTIMIZERS
-    assert config.CONV_IMPLS == ("auto",) + targets.CONV_IMPLS
-    assert config.COMPUTE_DTYPES == targets.COMPUTE_DTYPES
+    assert config.CONV_IMPLS == layers.CONV_IMPLS
+    assert config.COMPUTE_DTYPES == layers.COMPUTE_DTYPES
     assert config.DATASETS == tuple(SPECS)
 
 

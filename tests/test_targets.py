@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pfedhn_jax.builders import init_compiler_options
-from pfedhn_jax.targets import ConvNet, cifar_cnn, max_pool2, num_params, omniglot_cnn
+from pfedhn_jax.layers import max_pool2
+from pfedhn_jax.targets import ConvNet, cifar_cnn, num_params, omniglot_cnn
 
 
 def test_cifar_cnn_matches_reference_size():
@@ -31,12 +32,13 @@ def test_torch_default_init_bounds():
 
 
 @pytest.mark.parametrize("make", [cifar_cnn, lambda **kw: omniglot_cnn(20, **kw)])
-def test_im2col_equals_lax_conv(make):
-    t = make()
+@pytest.mark.parametrize("impl", ["im2col", "nhwc_vjp"])
+def test_conv_impls_equal_lax_conv(make, impl):
+    t = make(conv_impl="xla")
     p = jax.jit(t.init, compiler_options=init_compiler_options())(jax.random.key(0))  # one program, not one per op
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3,) + t.input_shape), jnp.float32)
     ref = jax.jit(t.apply)(p, x)
-    t2 = dataclasses.replace(t, conv_impl="im2col")
+    t2 = dataclasses.replace(t, conv_impl=impl)
     np.testing.assert_allclose(jax.jit(t2.apply)(p, x), ref, rtol=1e-4, atol=1e-5)
     g1 = jax.jit(jax.grad(lambda q: t.apply(q, x).sum()))(p)
     g2 = jax.jit(jax.grad(lambda q: t2.apply(q, x).sum()))(p)
