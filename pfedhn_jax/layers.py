@@ -81,6 +81,33 @@ def _nhwc_bwd(res, dy):
 conv_nhwc_vjp.defvjp(_nhwc_fwd, _nhwc_bwd)
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None) -> jax.Array:
+    """Drop-in for `lax.conv_general_dilated`, e.g. a Flax model's convolutions on CPU:
+    `nn.Conv(..., conv_general_dilated=pfedhn_jax.layers.conv_general_dilated)` (linen and nnx).
+
+    On CPU a plain 2-D convolution (stride 1, no dilation or groups, NHWC x HWIO -> NHWC, one dtype)
+    goes through `conv_nhwc_vjp`, so its gradient stays fast inside the clients' loop; any other
+    call, and every call off CPU, is `lax.conv_general_dilated` itself.
+    """
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    plain = (jax.default_backend() == "cpu" and lhs.ndim == 4 and rhs.ndim == 4
+             and lhs.dtype == rhs.dtype and tuple(window_strides) == (1, 1)
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and feature_group_count == batch_group_count == 1 and precision is None
+             and preferred_element_type is None
+             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    if not plain:
+        return lax.conv_general_dilated(*args)
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding) if isinstance(padding, str) else padding
+    if any(p < 0 for pair in pads for p in pair):
+        return lax.conv_general_dilated(*args)
+    return conv_nhwc_vjp(jnp.pad(lhs, ((0, 0), *map(tuple, pads), (0, 0))), rhs)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str,
            impl: str = "xla", compute_dtype: str = "float32") -> jax.Array:
     """Stride-1 2-D convolution plus bias, (B, H, W, C) NHWC input and HWIO kernel.

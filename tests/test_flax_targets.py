@@ -23,6 +23,7 @@ flax = pytest.importorskip("flax")
 import flax.linen as nn  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from pfedhn_jax import layers  # noqa: E402
 from pfedhn_jax.algorithm import PFedHN  # noqa: E402
 from pfedhn_jax.builders import init_compiler_options  # noqa: E402
 from pfedhn_jax.data.federated import FederatedData, pad_clients  # noqa: E402
@@ -38,12 +39,14 @@ PRIVATE = {"pfedhn": (), "pfedhn-pc": ("fc3",)}
 
 
 class LinenCNN(nn.Module):
-    """The tiny ConvNet in linen (auto names Conv_0, Conv_1, Dense_0, Dense_1, Dense_2)."""
+    """The tiny ConvNet in linen (auto names Conv_0, Conv_1, Dense_0, Dense_1, Dense_2), with the
+    CPU-friendly convolution hook (pfedhn_jax.layers); the nnx model below uses lax's own."""
 
     @nn.compact
     def __call__(self, x):
         for ch in (3, 4):
-            x = nn.max_pool(nn.relu(nn.Conv(ch, (3, 3), padding="VALID")(x)), (2, 2), strides=(2, 2))
+            conv = nn.Conv(ch, (3, 3), padding="VALID", conv_general_dilated=layers.conv_general_dilated)
+            x = nn.max_pool(nn.relu(conv(x)), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for f in (6, 5):
             x = nn.relu(nn.Dense(f)(x))

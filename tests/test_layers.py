@@ -73,6 +73,24 @@ def test_nhwc_vjp_under_vmap_and_scan_equals_xla():
     np.testing.assert_allclose(local("nhwc_vjp"), local("xla"), rtol=1e-5, atol=1e-5)
 
 
+def test_flax_style_drop_in_equals_lax_in_float64():
+    """`layers.conv_general_dilated` called the way flax's Conv calls lax (dimension numbers as
+    ConvDimensionNumbers, padding as a string or pairs), and calls it hands back to lax (strided)."""
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        x, k = jnp.asarray(rng.normal(size=(2, 7, 8, 3))), jnp.asarray(rng.normal(size=(3, 3, 3, 4)))
+        dn = lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+        for strides, padding in (((1, 1), "SAME"), ((1, 1), [(2, 0), (1, 1)]), ((1, 1), "VALID"), ((2, 1), "SAME")):
+            f = lambda lib: lambda x, k: lib.conv_general_dilated(x, k, strides, padding, lhs_dilation=(1, 1),
+                                                                  rhs_dilation=(1, 1), dimension_numbers=dn)
+            y, vjp = jax.vjp(f(layers), x, k)
+            y_ref, vjp_ref = jax.vjp(f(lax), x, k)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+            ct = jnp.asarray(rng.normal(size=y.shape))
+            for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
+                np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-11)
+
+
 def test_auto_conv_impl_per_backend_and_vmap():
     one = Config()
     assert resolve_conv_impl(dataclasses.replace(one, conv_impl="xla"), vmapped=True) == "xla"
