@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from _common import arrays, parser
 
-from pfedhn_jax import HyperNetwork, PFedHN, evaluate_clients, from_linen, summarize
+from pfedhn_jax import HyperNetwork, PFedHN, evaluate_clients, from_linen, layers, summarize
 from pfedhn_jax.data.arrays import from_arrays, label_split
 
 
@@ -24,8 +24,9 @@ class SmallCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):  # (B, H, W, C) -> (B, n_classes)
-        for channels in (8, 16):
-            x = nn.max_pool(nn.relu(nn.Conv(channels, (3, 3))(x)), (2, 2), (2, 2))
+        for channels in (8, 16):  # the hook keeps the conv gradients fast in the local loop on CPU
+            conv = nn.Conv(channels, (3, 3), conv_general_dilated=layers.conv_general_dilated)
+            x = nn.max_pool(nn.relu(conv(x)), (2, 2), (2, 2))
         x = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.n_classes, name="head")(x)
 

@@ -4,6 +4,7 @@ A small functional core over pytrees, in layers that import one way
 (config -> builders -> data / algorithm -> loop -> results):
   config      Config, its validation, the one definition of "the same run"   (no JAX)
   draws       many `jax.random.uniform` draws from one threefry call (fast init compiles)
+  layers      matmul, convolutions (one whose gradient stays fast in XLA:CPU loops), max-pool
   targets     target networks: `init(key) -> params`, `apply(params, x) -> logits`; Flax adapters
   hypernet    HyperNetwork: `init(key)`, `apply(params, client_ids) -> theta`
   client      `local_update` (K clipped-SGD steps) and client execution strategies

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,8 @@ def _all_finite(tree) -> bool:
     return bool(_finite(tree))
 
 
-def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensorboard: bool = False) -> dict:
+def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensorboard: bool = False,
+          devices: Sequence[jax.Device] | None = None) -> dict:
     """Run (or resume, or extend) one training run; returns its results dict (the schema of
     `<out>/results.json`) with the final TrainState under "state" (absent for a finished run).
 
@@ -57,14 +59,15 @@ def train(cfg: Config, progress: bool = True, stop_at: int | None = None, tensor
     `tensorboard`: also write the curves to `<out>/tensorboard` (needs tensorboardX).
     Replay (cfg.split_file, cfg.init_from, cfg.client_order): a reference run's split, initial weights
     and client sequence (data/replay.py); only the batch draws then differ.
+    `devices`: the devices the step's clients are split over (default `jax.devices()`, every process's).
     """
     out = Path(cfg.out) if cfg.out is not None else None
-    return _train(Group(cfg, [cfg.seed], out, [out]), progress, stop_at, tensorboard)[0]
+    return _train(Group(cfg, [cfg.seed], out, [out]), progress, stop_at, tensorboard, devices)[0]
 
 
 def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: int | None = None,
                 tensorboard: bool = False, lrs: list[float] | None = None,
-                run_dirs: list[str] | None = None) -> dict:
+                run_dirs: list[str] | None = None, devices: Sequence[jax.Device] | None = None) -> dict:
     """Train one run per seed (per learning rate and seed with `lrs`) in one program: a leading
     run axis, sharded over the devices.
 
@@ -73,7 +76,7 @@ def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: i
     in a sweep; or the given `run_dirs`, one per run); `<out>/summary.json` and `summary.md` hold
     the mean ± std over seeds (per lr), and `<out>/checkpoints` the group's checkpoints.
     Returns {"runs": [results per run], "summary": ..., "state": the stacked TrainState (leading
-    axis: runs, padding runs included)}.
+    axis: runs, padding runs included)}. `devices`: as in `train`; the runs are padded to fill them.
     """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"--seeds: give distinct seeds, got {seeds}")
@@ -90,7 +93,7 @@ def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: i
         raise UserError(f"run_dirs: {len(dirs)} folders for {len(runs)} runs")
     group = Group(dataclasses.replace(cfg, seed=seeds[0], lr=runs[0][0]), [s for _, s in runs], out, dirs,
                   lrs=None if lrs is None else [lr for lr, _ in runs])
-    results = _train(group, progress, stop_at, tensorboard)
+    results = _train(group, progress, stop_at, tensorboard, devices)
     state = results[0].pop("state", None)
     for r in results[1:]:
         r.pop("state", None)
@@ -98,7 +101,8 @@ def train_seeds(cfg: Config, seeds: list[int], progress: bool = True, stop_at: i
             if group.records else rio.read_json(out / "summary.json"), "state": state}
 
 
-def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool) -> list[dict]:
+def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
+           devices: Sequence[jax.Device] | None) -> list[dict]:
     cfg = validate(group.cfg)
     why = spec(cfg.dataset).missing(cfg)
     if why:
@@ -121,12 +125,12 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool)
     with stop_requests() as stop:
         t0 = time.perf_counter()
         r = len(group.seeds)
-        devices = jax.devices()
+        devices = jax.devices() if devices is None else list(devices)
         padded = padded_size(r, len(devices)) if r > 1 else 1
         seeds = group.seeds + [group.seeds[-1]] * (padded - r)
         lrs = [group.run_config(i).hyper_lr for i in range(r)]
         lrs += [lrs[-1]] * (padded - r)
-        mesh = device_mesh(padded, cfg.clients_per_step)  # refuses an indivisible client axis before loading
+        mesh = device_mesh(padded, cfg.clients_per_step, devices)  # refuses an indivisible client axis before loading
         log(f"loading {cfg.dataset} and building the federated split ({cfg.num_clients} clients, "
             f"seed{'s' if len(set(seeds)) > 1 else ''} {', '.join(map(str, dict.fromkeys(group.seeds)))})")
         data, _, descs = load_group_data(cfg, seeds)

@@ -124,21 +124,27 @@ def test_diverging_seed_stops_the_group_naming_it(fake_dir, tmp_path):
 
 
 DEVICES_SCRIPT = """
-import json, sys
+import dataclasses, json, sys
 import jax, numpy as np
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
-cfg = Config(**json.loads(sys.argv[1]))
-g = train_seeds(cfg, json.loads(sys.argv[2]), progress=False)
-params = jax.device_get(g["state"].server.params)
-np.savez(sys.argv[3], **{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
-c = train(Config(**json.loads(sys.argv[4])), progress=False)  # one run, its clients split over the devices
-np.savez(sys.argv[5], **{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(c["state"].server.params))})
-print(json.dumps({"devices": len(jax.devices()), "curves": [r["curves"] for r in g["runs"]],
-                  "padded": g["runs"][0]["group"]["padded_runs"], "client_curves": c["curves"]}))
+cfg, ccfg = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.argv[3]))
+got = {}
+for n in json.loads(sys.argv[4]):  # device counts, each a prefix of the forced host devices
+    devices = jax.devices()[:n]
+    g = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-{n}"), json.loads(sys.argv[2]), progress=False, devices=devices)
+    np.savez(f"{sys.argv[5]}/params-{n}.npz", **{str(i): np.asarray(x) for i, x in
+                                                  enumerate(jax.tree.leaves(jax.device_get(g["state"].server.params)))})
+    c = train(ccfg, progress=False, devices=devices)  # one run, its clients split over the devices
+    np.savez(f"{sys.argv[5]}/clients-{n}.npz", **{str(i): np.asarray(x) for i, x in
+                                                   enumerate(jax.tree.leaves(c["state"].server.params))})
+    got[n] = {"curves": [r["curves"] for r in g["runs"]], "padded": g["runs"][0]["group"]["padded_runs"],
+              "devices": g["runs"][0]["group"]["devices"], "client_curves": c["curves"]}
+print(json.dumps(got))
 """
 
 CLIENTS = dict(num_clients=8, clients_per_step=8, seed=5, algo="pfedhn", strategy="vmap")
+DEVICE_COUNTS = [4, 8]
 
 
 @pytest.fixture(scope="module")
@@ -147,32 +153,32 @@ def many_clients(fake_dir):
     return train(tiny(fake_dir, None, **CLIENTS), progress=False)
 
 
-@pytest.mark.parametrize("devices", [4, 8])
-def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, many_clients, devices):
-    """Seeds sharded over the devices (padded), and one run's clients of a step sharded over them."""
+def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, many_clients):
+    """Seeds sharded over 4 and over 8 devices (padded), and one run's clients of a step sharded
+    over them; one subprocess with 8 forced host devices runs both counts."""
     cfg = dataclasses.asdict(tiny(fake_dir, tmp_path / "out"))
     ccfg = dataclasses.asdict(tiny(fake_dir, None, **CLIENTS))
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    p = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg), json.dumps(SEEDS),
-                        str(tmp_path / "params.npz"), json.dumps(ccfg), str(tmp_path / "clients.npz")],
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={max(DEVICE_COUNTS)}",
+           "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg), json.dumps(SEEDS), json.dumps(ccfg),
+                        json.dumps(DEVICE_COUNTS), str(tmp_path)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout.strip().splitlines()[-1])
-    assert got["devices"] == devices and got["padded"] == devices  # 2 seeds padded to 4 / 8 devices
-    for r, s in enumerate(SEEDS):
-        for a, b in zip(got["curves"][r], points(singles[s])):
-            for k in ("val_acc", "test_acc"):
-                assert a[k] == pytest.approx(b[k], abs=1e-6), (devices, s, k)
-            for k in ("train_loss", "val_loss", "test_loss"):
-                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (devices, s, k)
-    leaves = np.load(tmp_path / "params.npz")
-    for r, s in enumerate(SEEDS):
-        for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
-            np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6)
-    assert_points_close(got["client_curves"], points(many_clients), devices)
-    leaves = np.load(tmp_path / "clients.npz")
-    for i, ref in enumerate(jax.tree.leaves(jax.device_get(many_clients["state"].server.params))):
-        np.testing.assert_allclose(leaves[str(i)], ref, rtol=1e-5, atol=1e-6)
+    results = json.loads(p.stdout.strip().splitlines()[-1])
+    assert sorted(map(int, results)) == DEVICE_COUNTS
+    for devices in DEVICE_COUNTS:
+        got = results[str(devices)]
+        assert got["devices"] == devices and got["padded"] == devices  # 2 seeds padded to 4 / 8 devices
+        for r, s in enumerate(SEEDS):
+            assert_points_close(got["curves"][r], points(singles[s]), (devices, s))
+        leaves = np.load(tmp_path / f"params-{devices}.npz")
+        for r, s in enumerate(SEEDS):
+            for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
+                np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6)
+        assert_points_close(got["client_curves"], points(many_clients), devices)
+        leaves = np.load(tmp_path / f"clients-{devices}.npz")
+        for i, ref in enumerate(jax.tree.leaves(jax.device_get(many_clients["state"].server.params))):
+            np.testing.assert_allclose(leaves[str(i)], ref, rtol=1e-5, atol=1e-6)
 
 
 def assert_points_close(mine, ref, what):
