@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--num-clients", type=int, default=50)
     p.add_argument("--clients-per-step", type=int, default=1)
     p.add_argument("--strategy", default="auto")
-    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "im2col"))
+    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "nhwc_vjp", "im2col"))
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     return p.parse_args(argv)
 

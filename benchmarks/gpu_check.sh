@@ -67,4 +67,6 @@ fi
 # 5. the other strategies at a few C (loop unrolls C client loops: compile time grows with C)
 run_part client_throughput_map_loop 70 "$PY" benchmarks/client_throughput.py --strategies map,loop --cps 1,4,16 \
   --data-dir "$DATA" --out "$OUT_DIR/client_throughput_map_loop.json"
+# 6. the convolution implementations in the local loop (auto = xla off CPU; is nhwc_vjp or im2col faster here?)
+run_part conv_impls 40 "$PY" benchmarks/conv_impls.py --clients 1,8 --repeats 5 --out "$OUT_DIR/conv_impls.json"
 echo "== gpu_check done in $(( $(date +%s) - START )) s; results in $OUT_DIR"

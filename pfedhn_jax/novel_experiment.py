@@ -56,6 +56,9 @@ class NovelExperiment:
     fedavg_rounds: int | None = None
     finetune_lr: float | None = None
     strategy: str = "vmap"
+    n_kernels: int = 16
+    hyper_hid: int = 100
+    n_hidden: int = 3
     seed: int = 42
 
 
@@ -68,7 +71,8 @@ def run(args: NovelExperiment, log: Callable[[str], None] = _log) -> dict:
     returns the results (the schema of novel.json: per novel client "novel", per α "by_alpha", ...)."""
     t_start = time.perf_counter()
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients, num_steps=args.steps,
-                 inner_steps=args.inner_steps, batch_size=args.batch_size, seed=args.seed).validate()
+                 inner_steps=args.inner_steps, batch_size=args.batch_size, n_kernels=args.n_kernels,
+                 hyper_hid=args.hyper_hid, n_hidden=args.n_hidden, seed=args.seed).validate()
     info = INFOS[args.dataset]
 
     log(f"loading {args.dataset} ...")

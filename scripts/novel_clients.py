@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     a("--strategy", default="vmap", choices=("vmap", "map", "loop", "auto"),
       help="how the baseline's clients run: vmap (default), lax.map or a loop (same numbers; map is faster "
            "on CPU); the embedding fit is always vmapped")
+    a("--n-kernels", type=int, default=16, help="target CNN width: conv channels n, 2n (default: 16, the paper's)")
+    a("--hyper-hid", type=int, default=100, help="hypernetwork hidden width (default: 100)")
+    a("--n-hidden", type=int, default=3, help="hypernetwork hidden layers (default: 3)")
     a("--seed", type=int, default=42, help="seed of the split, the initialisations and every draw (default: 42)")
     a("--out", required=True, help="output folder (created; novel.json and gap_vs_tv.png are overwritten)")
     return p
@@ -71,7 +74,8 @@ def check(args: argparse.Namespace) -> None:
     def bad(flag: str, msg: str):
         print(f"error: --{flag}: {msg}", file=sys.stderr)
         sys.exit(2)
-    for flag in ("num_clients", "num_novel", "steps", "inner_steps", "batch_size", "fit_steps", "fedavg_clients"):
+    for flag in ("num_clients", "num_novel", "steps", "inner_steps", "batch_size", "fit_steps", "fedavg_clients",
+                 "n_kernels", "hyper_hid", "n_hidden"):
         if getattr(args, flag) < 1:
             bad(flag.replace("_", "-"), f"must be a positive integer, got {getattr(args, flag)}")
     if args.fedavg_rounds is not None and args.fedavg_rounds < 1:

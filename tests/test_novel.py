@@ -222,13 +222,13 @@ def test_script_end_to_end(tmp_path, small_cifar_dir):
     cmd = [sys.executable, str(ROOT / "scripts" / "novel_clients.py"), "--data-dir", str(small_cifar_dir),
            "--num-clients", "4", "--num-novel", "2", "--novel-alphas", "0.5,5", "--alpha-train", "0.5",
            "--steps", "2", "--inner-steps", "2", "--batch-size", "16", "--fit-steps", "2", "--fedavg-clients", "2",
-           "--compare-init", "--seed", "3", "--out", str(out)]
+           "--compare-init", "--seed", "3", "--out", str(out), "--n-kernels", "2", "--hyper-hid", "8", "--n-hidden", "1"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "training pFedHN" in p.stderr and "fitting 2 novel embeddings" in p.stderr
     res = json.loads((out / "novel.json").read_text())
     assert (out / "gap_vs_tv.png").stat().st_size > 0
-    assert res["label"].startswith("CIFAR-10")
+    assert res["label"].startswith("CIFAR-10") and (res["args"]["n_kernels"], res["args"]["hyper_hid"]) == (2, 8)
     assert len(res["novel"]) == 2 and [r["alpha"] for r in res["novel"]] == [0.5, 5.0]
     for r in res["novel"]:
         assert 0 <= r["tv"] <= 1 and 0 <= r["acc"] <= 1 and 0 <= r["baseline_acc"] <= 1
