@@ -44,6 +44,7 @@ Sources: `<data_dir>/omniglot.npz` (layout in docs/data.md), or TensorFlow Datas
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from pathlib import Path
@@ -115,8 +116,18 @@ NPZ_KEYS = ("images_packed", "alphabet_id", "character_id", "character_in_alphab
 
 
 def load_omniglot_npz(path: Path, image_size: int = DEFAULT_IMAGE_SIZE, chunk: int = 2048) -> OmniglotRaw:
-    """Load and validate `omniglot.npz` (layout of docs/data.md), downsampled to image_size."""
+    """Load and validate `omniglot.npz` (layout of docs/data.md), downsampled to image_size.
+
+    Cached per (file, size, modification time, image_size), read-only arrays: the cells of a grid
+    in one process unpack and downsample the file once."""
     _check_image_size(image_size)
+    st = Path(path).stat()
+    return _load_omniglot_npz(Path(path).resolve(), st.st_size, st.st_mtime_ns, image_size, chunk)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_omniglot_npz(path: Path, size: int, mtime_ns: int, image_size: int, chunk: int) -> OmniglotRaw:
+    del size, mtime_ns  # cache key only: a replaced file is read again
     fix = "replace it with a good copy of omniglot.npz (see docs/data.md)"
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -146,8 +157,11 @@ def load_omniglot_npz(path: Path, image_size: int = DEFAULT_IMAGE_SIZE, chunk: i
     for s in range(0, m, chunk):
         background = np.unpackbits(packed[s:s + chunk], axis=-1, count=SIDE)  # 1 = white background
         x[s:s + chunk] = downsample(1 - background, image_size)
-    return _assemble(x, char_in - 1, alphabet, arrays["character_id"], arrays["drawer_id"],
-                     str(path), sha256_file(path))
+    out = _assemble(x, char_in - 1, alphabet, arrays["character_id"], arrays["drawer_id"], str(path),
+                    sha256_file(path))
+    for a in (*out.raw[:4], *out[1:]):
+        a.setflags(write=False)
+    return out
 
 
 def load_omniglot_tfds(data_dir: Path | None, image_size: int = DEFAULT_IMAGE_SIZE,
