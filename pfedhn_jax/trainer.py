@@ -73,8 +73,9 @@ class Trainer:
     def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None):
         self.cfg, self.num_runs, self.mesh = cfg, num_runs, mesh
         client_mesh = mesh is not None and mesh.shape["clients"] > 1  # the step's clients vmapped, spread
-        self.conv_impl = resolve_conv_impl(cfg, vmapped=num_runs > 1 or client_mesh)
-        self.alg = build_algorithm(cfg, vmapped=num_runs > 1 or client_mesh)
+        vmapped = num_runs > 1 or client_mesh  # local loops under vmap: the convolution to use differs
+        self.conv_impl = resolve_conv_impl(cfg, vmapped)
+        self.alg = build_algorithm(cfg, vmapped)
         if client_mesh:
             self.alg = dataclasses.replace(self.alg, client_sharding=NamedSharding(mesh, P("clients")))
         alg, n = self.alg, cfg.num_clients

@@ -67,6 +67,7 @@ def test_seeds_in_one_program_equal_single_runs(fake_dir, tmp_path, singles):
     for s in SEEDS:
         on_disk = json.loads((out / f"seed-{s}" / "results.json").read_text())
         assert on_disk["status"] == "finished" and on_disk["config"]["seed"] == s
+        assert on_disk["algorithm"]["conv_impl"] == ("im2col" if jax.default_backend() == "cpu" else "xla")
         assert set(on_disk) >= {"config", "data", "curves", "best", "final", "communication"}
     summary = json.loads((out / "summary.json").read_text())
     accs = [singles[s]["best"]["test_acc"] for s in SEEDS]

@@ -17,6 +17,16 @@ def lax_conv(x, kernel, padding):
     return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def assert_same_value_and_vjp(f, ref, x, k, ct):
+    """f(x, k) and its VJP at cotangent ct equal ref's, to float64 rounding (one program each)."""
+    both = lambda g: jax.jit(lambda x, k, ct: (lambda y, vjp: (y, vjp(ct)))(*jax.vjp(g, x, k)))(x, k, ct)
+    (y, grads), (y_ref, grads_ref) = both(f), both(ref)
+    assert y.dtype == jnp.float64 and y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(grads, grads_ref):  # d/dx and d/dkernel
+        np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-11)
+
+
 # (input shape, kernel shape, padding): odd and even kernels, non-square inputs, SAME and VALID
 CASES = [((2, 9, 7, 3), (5, 5, 3, 4), "VALID"), ((3, 6, 8, 2), (3, 3, 2, 5), "SAME"),
          ((2, 7, 6, 3), (4, 4, 3, 2), "SAME"), ((2, 6, 5, 1), (2, 2, 1, 3), "VALID")]
@@ -28,15 +38,9 @@ def test_conv_impls_equal_lax_conv_and_its_vjp_in_float64(impl):
     with jax.enable_x64(True):
         for xs, ks, padding in CASES:
             x, k, b = (jnp.asarray(rng.normal(size=s)) for s in (xs, ks, ks[-1:]))
-            ours = lambda x, k: layers.conv2d(x, k, b, padding, impl)
             ref = lambda x, k: lax_conv(x, k, padding) + b
-            y, vjp = jax.vjp(ours, x, k)
-            y_ref, vjp_ref = jax.vjp(ref, x, k)
-            assert y.dtype == jnp.float64 and y.shape == y_ref.shape
-            np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-            ct = jnp.asarray(rng.normal(size=y.shape))
-            for g, g_ref in zip(vjp(ct), vjp_ref(ct)):  # d/dx and d/dkernel
-                np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-11)
+            ct = jnp.asarray(rng.normal(size=jax.eval_shape(ref, x, k).shape))
+            assert_same_value_and_vjp(lambda x, k: layers.conv2d(x, k, b, padding, impl), ref, x, k, ct)
 
 
 def test_nhwc_vjp_gradient_convolutions_are_all_nhwc():
@@ -83,12 +87,8 @@ def test_flax_style_drop_in_equals_lax_in_float64():
         for strides, padding in (((1, 1), "SAME"), ((1, 1), [(2, 0), (1, 1)]), ((1, 1), "VALID"), ((2, 1), "SAME")):
             f = lambda lib: lambda x, k: lib.conv_general_dilated(x, k, strides, padding, lhs_dilation=(1, 1),
                                                                   rhs_dilation=(1, 1), dimension_numbers=dn)
-            y, vjp = jax.vjp(f(layers), x, k)
-            y_ref, vjp_ref = jax.vjp(f(lax), x, k)
-            np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-            ct = jnp.asarray(rng.normal(size=y.shape))
-            for g, g_ref in zip(vjp(ct), vjp_ref(ct)):
-                np.testing.assert_allclose(g, g_ref, rtol=1e-11, atol=1e-11)
+            ct = jnp.asarray(rng.normal(size=jax.eval_shape(f(lax), x, k).shape))
+            assert_same_value_and_vjp(f(layers), f(lax), x, k, ct)
 
 
 def test_auto_conv_impl_per_backend_and_vmap():

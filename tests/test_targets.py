@@ -33,7 +33,7 @@ def test_torch_default_init_bounds():
 
 @pytest.mark.parametrize("make", [cifar_cnn, lambda **kw: omniglot_cnn(20, **kw)])
 @pytest.mark.parametrize("impl", ["im2col", "nhwc_vjp"])
-def test_conv_impls_equal_lax_conv(make, impl):
+def test_conv_impls_equal_lax_conv(make, impl):  # the paper's targets; each layer's VJP: tests/test_layers.py
     t = make(conv_impl="xla")
     p = jax.jit(t.init, compiler_options=init_compiler_options())(jax.random.key(0))  # one program, not one per op
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3,) + t.input_shape), jnp.float32)
