@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.reference_parity import MODULES  # noqa: E402
+from benchmarks.reference_parity import MODULES, reference_command  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -70,10 +70,7 @@ def main(argv=None) -> None:
                 out = tmp / f"{side}-{r}"
                 out.mkdir()
                 if side == "reference":
-                    cmd = [args.torch_python, str(Path(args.official_tool).resolve()),
-                           str(Path(args.official_dir).resolve()), str(data), MODULES[args.algo],
-                           "--num-nodes", str(args.num_clients), "--num-steps", str(args.num_steps),
-                           "--eval-every", str(args.eval_every), "--seed", str(args.seed), "--save-path", str(out)]
+                    cmd = reference_command(args, args.algo, out)
                     e = dict(os.environ)
                     if args.torch_threads:
                         e["OMP_NUM_THREADS"] = str(args.torch_threads)

@@ -39,17 +39,17 @@ def im2col(x: jax.Array, k: int, padding: str) -> jax.Array:
     Built from k*k strided slices: a convolution written as patches @ kernel is a plain matmul,
     which stays a (batched) matmul under `vmap` with per-client weights.
     """
-    if padding == "SAME":
-        x = _pad_same(x, k)
+    x = _pad(x, (k, k), padding)
     h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
     cols = [x[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
     return jnp.concatenate(cols, axis=-1)
 
 
-def _pad_same(x: jax.Array, k: int) -> jax.Array:
-    """Zero-pad H and W for a stride-1 'SAME' k x k convolution ((k-1)//2 before, like lax and torch)."""
-    p = (k - 1) // 2
-    return jnp.pad(x, ((0, 0), (p, k - 1 - p), (p, k - 1 - p), (0, 0)))
+def _pad(x: jax.Array, window: tuple[int, int], padding) -> jax.Array:
+    """Zero-pad H and W of (B, H, W, C) as a stride-1 convolution with `padding` would ('SAME',
+    'VALID', or (lo, hi) pairs; lax's rule, which for 'SAME' puts (k-1)//2 before, like torch)."""
+    pads = lax.padtype_to_pads(x.shape[1:3], window, (1, 1), padding) if isinstance(padding, str) else padding
+    return jnp.pad(x, ((0, 0), *map(tuple, pads), (0, 0)))
 
 
 def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
@@ -100,12 +100,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
              and preferred_element_type is None
              and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if not plain:
+    negative = not isinstance(padding, str) and any(p < 0 for pair in padding for p in pair)  # a crop
+    if not plain or negative:
         return lax.conv_general_dilated(*args)
-    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding) if isinstance(padding, str) else padding
-    if any(p < 0 for pair in pads for p in pair):
-        return lax.conv_general_dilated(*args)
-    return conv_nhwc_vjp(jnp.pad(lhs, ((0, 0), *map(tuple, pads), (0, 0))), rhs)
+    return conv_nhwc_vjp(_pad(lhs, rhs.shape[:2], padding), rhs)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str,
@@ -120,7 +118,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str,
     if impl == "im2col":
         y = matmul(im2col(x, k, padding), kernel.reshape(-1, kernel.shape[-1]), compute_dtype)
     elif impl == "nhwc_vjp" and compute_dtype == "float32":
-        y = conv_nhwc_vjp(_pad_same(x, k) if padding == "SAME" else x, kernel)
+        y = conv_nhwc_vjp(_pad(x, (k, k), padding), kernel)
     else:
         dt = jnp.bfloat16 if compute_dtype == "bfloat16" else x.dtype
         y = lax.conv_general_dilated(

@@ -53,7 +53,8 @@ from typing import NamedTuple
 import numpy as np
 
 from pfedhn_jax.data.federated import SplitSummary
-from pfedhn_jax.data.sources import DatasetInfo, RawDataset, not_found, resolve_data_dir, sha256_file
+from pfedhn_jax.data.sources import (DatasetInfo, RawDataset, file_key, not_found, resolve_data_dir,
+                                     sha256_file)
 from pfedhn_jax.errors import DataError, UserError
 
 N_ALPHABETS = 50
@@ -121,8 +122,7 @@ def load_omniglot_npz(path: Path, image_size: int = DEFAULT_IMAGE_SIZE, chunk: i
     Cached per (file, size, modification time, image_size), read-only arrays: the cells of a grid
     in one process unpack and downsample the file once."""
     _check_image_size(image_size)
-    st = Path(path).stat()
-    return _load_omniglot_npz(Path(path).resolve(), st.st_size, st.st_mtime_ns, image_size, chunk)
+    return _load_omniglot_npz(*file_key(path), image_size, chunk)
 
 
 @functools.lru_cache(maxsize=2)

@@ -78,8 +78,14 @@ def load_npz(path: Path, info: DatasetInfo) -> RawDataset:
     The arrays (read-only) are kept for the life of the process, keyed by the file's path, size
     and modification time, so several runs in one process (a grid, a test suite) read it once.
     """
-    st = path.stat()
-    return _load_npz(path.resolve(), st.st_size, st.st_mtime_ns, info)._replace(source=str(path))
+    return _load_npz(*file_key(path), info)._replace(source=str(path))
+
+
+def file_key(path: str | os.PathLike) -> tuple[Path, int, int]:
+    """(resolved path, size, modification time): the key under which a loader caches a file's
+    arrays, so a replaced file is read again."""
+    st = Path(path).stat()
+    return Path(path).resolve(), st.st_size, st.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=2)
