@@ -5,14 +5,13 @@ process 0 writes results. Also the --cpu-devices / multi-host flag checks."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, TINY_RUN
+from conftest import ROOT, TINY_RUN, xla_env
 from pfedhn_jax import distributed
 from pfedhn_jax.errors import UserError
 
@@ -44,8 +43,7 @@ def test_two_processes_equal_one(small_cifar_dir, tmp_path):
     one = train_seeds(Config(data_dir=str(data_dir), out=None, **CFG), [5, 6], progress=False)
     cfg = json.dumps({**CFG, "data_dir": str(data_dir)})
     addr = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = xla_env()  # one CPU device per process
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "out"), addr, str(i), cfg],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for i in range(2)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_RUN
+from conftest import ROOT, TINY_RUN, xla_env
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
 
@@ -159,8 +158,7 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
     over them; one subprocess with 8 forced host devices runs both counts."""
     cfg = dataclasses.asdict(tiny(fake_dir, tmp_path / "out"))
     ccfg = dataclasses.asdict(tiny(fake_dir, None, **CLIENTS))
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={max(DEVICE_COUNTS)}",
-           "JAX_PLATFORMS": "cpu"}
+    env = xla_env(max(DEVICE_COUNTS))
     p = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg), json.dumps(SEEDS), json.dumps(ccfg),
                         json.dumps(DEVICE_COUNTS), str(tmp_path)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -193,7 +191,7 @@ def assert_points_close(mine, ref, what):
 
 
 def test_indivisible_client_axis_is_refused_in_one_line(fake_dir, tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = xla_env(4)
     p = subprocess.run([sys.executable, "scripts/train.py", "--data-dir", str(fake_dir), "--num-clients", "8",
                         "--clients-per-step", "6", "--num-steps", "2", "--cpu-devices", "4"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
