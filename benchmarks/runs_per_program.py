@@ -7,6 +7,8 @@ Builds the training loop's own program (`pfedhn_jax.trainer.Trainer`: the plain 
 compare `--cpu-devices 1` and `--cpu-devices auto` on the same machine, back to back.
 
   run-steps/s = S / median time of one outer step of all runs    (x S=1: the gain of batching runs)
+  eval_s      = median time of one evaluation of every client of all runs (val + test), the
+                Trainer's default way (eval_by_run); with --eval-both, eval_other_s the other way
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--inner-steps", type=int, default=50)
     p.add_argument("--num-clients", type=int, default=50)
     p.add_argument("--algo", default="pfedhn", choices=("pfedhn", "pfedhn-pc"))
+    p.add_argument("--eval-both", action="store_true",
+                   help="S > 1: also time the other way to evaluate several runs (run by run / vmapped): eval_other_s")
     return p.parse_args(argv)
 
 
@@ -64,9 +68,18 @@ def main(argv=None) -> dict:
         row = {"runs": s, "padded_runs": padded, "devices": len(jax.devices()), "compile_s": t.s,
                "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
                "local_steps_per_s": rate * args.inner_steps, "timing": stats}
+        # the evaluation of every client of every run (val + test), as the loop's own Trainer does it,
+        # and for S > 1 the other way (run by run vs vmapped), in the same process
+        row["eval_by_run"] = trainer.eval_by_run
+        for other in ([False, True] if s > 1 and args.eval_both else [False]):
+            ev = Trainer(cfg, data, padded, device_mesh(padded), eval_by_run=not trainer.eval_by_run) if other else trainer
+            ev.compile(holder[0])
+            e = common.median_time(lambda: ev.evaluate(holder[0]), args.repeats, args.warmup)
+            row["eval_other_s" if other else "eval_s"] = e["median_s"]
         record["rows"].append(row)
         print(common.table([row], ["runs", "padded_runs", "devices", "compile_s", "step_s", "run_steps_per_s",
-                                   "x_one_run", "local_steps_per_s"]), flush=True)
+                                   "x_one_run", "local_steps_per_s", "eval_by_run", "eval_s", "eval_other_s"]),
+              flush=True)
         common.write_json(args.out, record)  # partial results survive a timeout
     common.finish(args.out, record)
     return record

@@ -3,7 +3,8 @@
 The runs of a group share the algorithm and the images and differ in their seed (split, initial
 weights, client and batch draws) and hypernetwork learning rate: the state and the per-client
 index arrays carry a leading run axis, which `vmap` batches and the mesh axis 'runs' shards, so R
-runs train in one program on every device. A single run with several clients per step shards its
+runs train in one program on every device (their evaluation, forward passes only, goes run by
+run on CPU, `run_by_run`). A single run with several clients per step shards its
 clients over the mesh axis 'clients' instead (`PFedHN.client_sharding`). A group of one runs the
 plain program (`PFedHN.step` on unbatched leaves), so a single run is exactly the library's step;
 tests check that R runs in one program give the numbers of R single runs.
@@ -54,6 +55,23 @@ def device_mesh(num_runs: int, clients_per_step: int = 1, devices: list | None =
     return Mesh(np.array(devices).reshape(shape), ("runs", "clients"))
 
 
+def run_by_run(evaluate_run, mesh: Mesh | None):
+    """Evaluate a group's runs one after another (`lax.map`); with a mesh, each device its own runs.
+
+    For CPU: evaluating 3 runs (CIFAR-10, N=50) this way with lax.conv took 9.9 s against 31.9 s
+    under `vmap` with im2col, the same numbers (benchmarks/RESULTS.md). Leaves: run axis first.
+    """
+    def local(state: TrainState, data: FederatedData):
+        one = lambda a: evaluate_run(a[0], data._replace(train=a[1], val=a[2], test=a[3]))
+        return jax.lax.map(one, (state, data.train, data.val, data.test))
+
+    if mesh is None:
+        return local
+    runs = ClientIndex(P("runs"), P("runs"))
+    return jax.shard_map(local, mesh=mesh, in_specs=(P("runs"), FederatedData(P(), P(), P(), P(), runs, runs, runs)),
+                         out_specs=P("runs"))
+
+
 # compiled (step, evaluation) of recent Trainers, keyed by algorithm, run count, mesh and shapes
 _PROGRAMS: dict = {}
 
@@ -68,13 +86,17 @@ class Trainer:
 
     data: FederatedData whose ClientIndex leaves have a leading run axis (R, N, L).
     States passed in and out have a leading run axis R on every leaf.
+    eval_by_run: evaluate several runs one after another (`run_by_run`) instead of under `vmap`;
+    default: on CPU, where it is faster.
     """
 
-    def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None):
+    def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None,
+                 eval_by_run: bool | None = None):
         self.cfg, self.num_runs, self.mesh = cfg, num_runs, mesh
         client_mesh = mesh is not None and mesh.shape["clients"] > 1  # the step's clients vmapped, spread
         vmapped = num_runs > 1 or client_mesh  # local loops under vmap: the convolution to use differs
         self.conv_impl = resolve_conv_impl(cfg, vmapped)
+        self.eval_by_run = num_runs > 1 and (jax.default_backend() == "cpu" if eval_by_run is None else eval_by_run)
         self.alg = build_algorithm(cfg, vmapped)
         if client_mesh:
             self.alg = dataclasses.replace(self.alg, client_sharding=NamedSharding(mesh, P("clients")))
@@ -82,10 +104,14 @@ class Trainer:
         clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU
         spread = alg.client_sharding is not None and n % mesh.shape["clients"] == 0
 
-        def evaluate_run(state: TrainState, data: FederatedData):
-            # spread: every client at once, the clients split over the devices like training
-            return tuple(alg.evaluate(state, data, split, n if spread else clients_per_batch,
-                                      alg.client_sharding if spread else None) for split in (data.val, data.test))
+        def evaluator(a):
+            def evaluate_run(state: TrainState, data: FederatedData):
+                # spread: every client at once, the clients split over the devices like training
+                return tuple(a.evaluate(state, data, split, n if spread else clients_per_batch,
+                                        a.client_sharding if spread else None) for split in (data.val, data.test))
+            return evaluate_run
+
+        evaluate_run = evaluator(alg)
 
         if num_runs == 1:  # the plain program: squeeze the run axis in, expand it out
             squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
@@ -95,7 +121,10 @@ class Trainer:
             ev = lambda state, data: expand(evaluate_run(squeeze(state), one(data)))
         else:
             step = jax.vmap(alg.step, in_axes=(DATA_RUN_AXES, 0, 0))
-            ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
+            if self.eval_by_run:  # forward passes only: the plain program's convolution
+                ev = run_by_run(evaluator(build_algorithm(cfg)), mesh)
+            else:
+                ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
         self.data = self._place(data)
         opts = compiler_options()
         # with a mesh: states stay sharded over 'runs'; metrics and evaluations come back replicated,
@@ -138,7 +167,8 @@ class Trainer:
         t0 = time.perf_counter()
         ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
         avals = jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "sharding", None)), (self.data, state, ids))
-        key = (self.alg, self.num_runs, self.mesh, jax.tree.structure(avals), tuple(jax.tree.leaves(avals)))
+        key = (self.alg, self.num_runs, self.mesh, self.eval_by_run, jax.tree.structure(avals),
+               tuple(jax.tree.leaves(avals)))
         try:
             programs = _PROGRAMS.pop(key, None)
         except TypeError:  # an unhashable algorithm (e.g. a user's target): no reuse
