@@ -103,6 +103,25 @@ def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_pat
     assert "| 0.2 |" in (out / "summary.md").read_text()
 
 
+def test_vmapped_and_run_by_run_evaluation_agree(fake_dir):
+    """Both ways to evaluate a group (run by run: CPU's default; vmapped: accelerators') give the
+    same per-client counts and losses, after a step so that the runs' models differ."""
+    from pfedhn_jax.builders import load_group_data
+    from pfedhn_jax.trainer import Trainer
+    cfg = tiny(fake_dir, None)
+    data, _, _ = load_group_data(cfg, SEEDS)
+    by_run, vmapped = (Trainer(cfg, data, len(SEEDS), eval_by_run=b) for b in (True, False))
+    assert by_run.eval_by_run and not vmapped.eval_by_run
+    state = by_run.step(by_run.init(SEEDS))[0]
+    a, b = by_run.evaluate(state), vmapped.evaluate(state)  # [(val, test) summaries] per run
+    assert len(a) == len(b) == len(SEEDS)
+    for run_a, run_b in zip(a, b):
+        for x, y in zip(run_a, run_b):
+            assert x["per_client"] == y["per_client"] and len(x["per_client"]) == cfg.num_clients
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    assert a[0][1]["loss"] != a[1][1]["loss"]  # two different runs
+
+
 def test_group_resumes_bit_identically(fake_dir, tmp_path):
     cfg = tiny(fake_dir, tmp_path / "a", num_steps=8, checkpoint_every=4)
     straight = train_seeds(cfg, SEEDS, progress=False)
