@@ -1,14 +1,15 @@
 """Runs per program: the outer step of S runs (seeds) in one compiled program, S = 1, 3, 8, 24.
 
-Builds the training loop's own program (`pfedhn_jax.trainer.Trainer`: the plain step for S = 1,
-`vmap` over a leading run axis and a 'runs' device mesh for S > 1), compiles it ahead of time
+Builds the training loop's own program (`pfedhn_jax.trainer.Trainer`: the plain step for S = 1;
+for S > 1 a leading run axis, mapped run by run on CPU or vmapped, and a 'runs' device mesh), compiles it ahead of time
 (reported apart), then times one outer step of all S runs (median of --repeats after --warmup).
 `--cpu-devices N` splits a CPU into N XLA devices before JAX starts (runs are padded to fill them);
 compare `--cpu-devices 1` and `--cpu-devices auto` on the same machine, back to back.
 
   run-steps/s = S / median time of one outer step of all runs    (x S=1: the gain of batching runs)
-  eval_s      = median time of one evaluation of every client of all runs (val + test), the
-                Trainer's default way (eval_by_run); with --eval-both, eval_other_s the other way
+  eval_s      = median time of one evaluation of every client of all runs (val + test)
+  by_run      = the S runs go one after another (`trainer.run_by_run`; the default on CPU) rather
+                than under `vmap`; --both times the other way too
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--inner-steps", type=int, default=50)
     p.add_argument("--num-clients", type=int, default=50)
     p.add_argument("--algo", default="pfedhn", choices=("pfedhn", "pfedhn-pc"))
-    p.add_argument("--eval-both", action="store_true",
-                   help="S > 1: also time the other way to evaluate several runs (run by run / vmapped): eval_other_s")
+    p.add_argument("--both", action="store_true",
+                   help="S > 1: also time the other way to run several runs (run by run / vmapped), same process")
     return p.parse_args(argv)
 
 
@@ -49,38 +50,35 @@ def main(argv=None) -> dict:
     record = {"benchmark": "runs_per_program", "command": common.cmdline(), "environment": env, "note": args.note,
               "settings": vars(args), "rows": []}
     base = None
+    columns = ["runs", "padded_runs", "devices", "by_run", "compile_s", "step_s", "run_steps_per_s", "x_one_run",
+               "local_steps_per_s", "eval_s"]
     for s in common.parse_ints(args.runs):
         padded = padded_size(s, len(jax.devices())) if s > 1 else 1
         seeds = list(range(s)) + [s - 1] * (padded - s)
         data, _, _ = load_group_data(cfg, seeds)
-        trainer = Trainer(cfg, data, padded, device_mesh(padded))
-        holder = [trainer.init(seeds)]
-        with common.Timer() as t:
-            trainer.compile(holder[0])
+        default = Trainer(cfg, data, padded, device_mesh(padded))
+        ways = [default.by_run] + ([not default.by_run] if s > 1 and args.both else [])
+        for by_run in ways:  # the Trainer's default way first, then the other one in the same process
+            trainer = Trainer(cfg, data, padded, device_mesh(padded), by_run=by_run) if s > 1 else default
+            holder = [trainer.init(seeds)]
+            with common.Timer() as t:
+                trainer.compile(holder[0])
 
-        def run():
-            holder[0], metrics = trainer.step(holder[0])
-            return metrics
+            def run():
+                holder[0], metrics = trainer.step(holder[0])
+                return metrics
 
-        stats = common.median_time(run, args.repeats, args.warmup, sync=jax.block_until_ready)
-        rate = s / stats["median_s"]
-        base = base or rate
-        row = {"runs": s, "padded_runs": padded, "devices": len(jax.devices()), "compile_s": t.s,
-               "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
-               "local_steps_per_s": rate * args.inner_steps, "timing": stats}
-        # the evaluation of every client of every run (val + test), as the loop's own Trainer does it,
-        # and for S > 1 the other way (run by run vs vmapped), in the same process
-        row["eval_by_run"] = trainer.eval_by_run
-        for other in ([False, True] if s > 1 and args.eval_both else [False]):
-            ev = Trainer(cfg, data, padded, device_mesh(padded), eval_by_run=not trainer.eval_by_run) if other else trainer
-            ev.compile(holder[0])
-            e = common.median_time(lambda: ev.evaluate(holder[0]), args.repeats, args.warmup)
-            row["eval_other_s" if other else "eval_s"] = e["median_s"]
-        record["rows"].append(row)
-        print(common.table([row], ["runs", "padded_runs", "devices", "compile_s", "step_s", "run_steps_per_s",
-                                   "x_one_run", "local_steps_per_s", "eval_by_run", "eval_s", "eval_other_s"]),
-              flush=True)
-        common.write_json(args.out, record)  # partial results survive a timeout
+            stats = common.median_time(run, args.repeats, args.warmup, sync=jax.block_until_ready)
+            evals = common.median_time(lambda: trainer.evaluate(holder[0]), args.repeats, args.warmup)
+            rate = s / stats["median_s"]
+            base = base or rate
+            row = {"runs": s, "padded_runs": padded, "devices": len(jax.devices()), "by_run": trainer.by_run,
+                   "compile_s": t.s, "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
+                   "local_steps_per_s": rate * args.inner_steps, "eval_s": evals["median_s"], "timing": stats,
+                   "eval_timing": evals}
+            record["rows"].append(row)
+            print(common.table([row], columns), flush=True)
+            common.write_json(args.out, record)  # partial results survive a timeout
     common.finish(args.out, record)
     return record
 

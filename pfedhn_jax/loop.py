@@ -162,7 +162,8 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
                 "config": group.run_config(i).to_dict(), "data": descs[i], "environment": env,
                 "algorithm": {"hyper_lr": lrs[i], "embed_dim": trainer.alg.hnet.embedding_dim,
                               "conv_impl": trainer.conv_impl},
-                "group": {"seeds": group.seeds, "lrs": group.lrs, "padded_runs": padded, "devices": len(devices)}
+                "group": {"seeds": group.seeds, "lrs": group.lrs, "padded_runs": padded, "devices": len(devices),
+                          "by_run": trainer.by_run}
                 if r > 1 else None,
                 "communication": comm, "compile_s": compile_s, "status": "running", "curves": [], "best": None},
                 wall_s=time.perf_counter() - t0) for i in range(r)]

@@ -3,8 +3,8 @@
 The runs of a group share the algorithm and the images and differ in their seed (split, initial
 weights, client and batch draws) and hypernetwork learning rate: the state and the per-client
 index arrays carry a leading run axis, which `vmap` batches and the mesh axis 'runs' shards, so R
-runs train in one program on every device (their evaluation, forward passes only, goes run by
-run on CPU, `run_by_run`). A single run with several clients per step shards its
+runs train in one program on every device (on CPU the runs of a device go one after another,
+`run_by_run`, which is faster there). A single run with several clients per step shards its
 clients over the mesh axis 'clients' instead (`PFedHN.client_sharding`). A group of one runs the
 plain program (`PFedHN.step` on unbatched leaves), so a single run is exactly the library's step;
 tests check that R runs in one program give the numbers of R single runs.
@@ -55,21 +55,24 @@ def device_mesh(num_runs: int, clients_per_step: int = 1, devices: list | None =
     return Mesh(np.array(devices).reshape(shape), ("runs", "clients"))
 
 
-def run_by_run(evaluate_run, mesh: Mesh | None):
-    """Evaluate a group's runs one after another (`lax.map`); with a mesh, each device its own runs.
+def run_by_run(fn, mesh: Mesh | None):
+    """fn(data, *args) of one run -> the same over a group, one run after another (`lax.map`).
 
-    For CPU: evaluating 3 runs (CIFAR-10, N=50) this way with lax.conv took 9.9 s against 31.9 s
-    under `vmap` with im2col, the same numbers (benchmarks/RESULTS.md). Leaves: run axis first.
+    data's per-client index arrays and every leaf of args carry a leading run axis, as do the
+    results; with a mesh, each device maps over its own runs (`shard_map` over 'runs'). On CPU
+    this beats `vmap` over runs, whose per-run kernels turn convolutions into im2col or grouped
+    ones (benchmarks/RESULTS.md), and each run computes exactly as the plain program does.
     """
-    def local(state: TrainState, data: FederatedData):
-        one = lambda a: evaluate_run(a[0], data._replace(train=a[1], val=a[2], test=a[3]))
-        return jax.lax.map(one, (state, data.train, data.val, data.test))
+    def local(data: FederatedData, *args):
+        one = lambda a: fn(data._replace(train=a[0], val=a[1], test=a[2]), *a[3])
+        return jax.lax.map(one, (data.train, data.val, data.test, args))
 
     if mesh is None:
         return local
     runs = ClientIndex(P("runs"), P("runs"))
-    return jax.shard_map(local, mesh=mesh, in_specs=(P("runs"), FederatedData(P(), P(), P(), P(), runs, runs, runs)),
-                         out_specs=P("runs"))
+    data_spec = FederatedData(P(), P(), P(), P(), runs, runs, runs)
+    return lambda data, *args: jax.shard_map(local, mesh=mesh, in_specs=(data_spec,) + (P("runs"),) * len(args),
+                                             out_specs=P("runs"))(data, *args)
 
 
 # compiled (step, evaluation) of recent Trainers, keyed by algorithm, run count, mesh and shapes
@@ -86,17 +89,17 @@ class Trainer:
 
     data: FederatedData whose ClientIndex leaves have a leading run axis (R, N, L).
     States passed in and out have a leading run axis R on every leaf.
-    eval_by_run: evaluate several runs one after another (`run_by_run`) instead of under `vmap`;
-    default: on CPU, where it is faster.
+    by_run: step and evaluate several runs one after another (`run_by_run`) instead of under
+    `vmap`; default: on CPU, where it is faster.
     """
 
     def __init__(self, cfg: Config, data: FederatedData, num_runs: int, mesh: Mesh | None = None,
-                 eval_by_run: bool | None = None):
+                 by_run: bool | None = None):
         self.cfg, self.num_runs, self.mesh = cfg, num_runs, mesh
+        self.by_run = num_runs > 1 and (jax.default_backend() == "cpu" if by_run is None else by_run)
         client_mesh = mesh is not None and mesh.shape["clients"] > 1  # the step's clients vmapped, spread
-        vmapped = num_runs > 1 or client_mesh  # local loops under vmap: the convolution to use differs
+        vmapped = (num_runs > 1 and not self.by_run) or client_mesh  # local loops under vmap: another convolution
         self.conv_impl = resolve_conv_impl(cfg, vmapped)
-        self.eval_by_run = num_runs > 1 and (jax.default_backend() == "cpu" if eval_by_run is None else eval_by_run)
         self.alg = build_algorithm(cfg, vmapped)
         if client_mesh:
             self.alg = dataclasses.replace(self.alg, client_sharding=NamedSharding(mesh, P("clients")))
@@ -104,14 +107,10 @@ class Trainer:
         clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU
         spread = alg.client_sharding is not None and n % mesh.shape["clients"] == 0
 
-        def evaluator(a):
-            def evaluate_run(state: TrainState, data: FederatedData):
-                # spread: every client at once, the clients split over the devices like training
-                return tuple(a.evaluate(state, data, split, n if spread else clients_per_batch,
-                                        a.client_sharding if spread else None) for split in (data.val, data.test))
-            return evaluate_run
-
-        evaluate_run = evaluator(alg)
+        def evaluate_run(state: TrainState, data: FederatedData):
+            # spread: every client at once, the clients split over the devices like training
+            return tuple(alg.evaluate(state, data, split, n if spread else clients_per_batch,
+                                      alg.client_sharding if spread else None) for split in (data.val, data.test))
 
         if num_runs == 1:  # the plain program: squeeze the run axis in, expand it out
             squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
@@ -119,12 +118,13 @@ class Trainer:
             one = lambda data: data._replace(**{k: squeeze(getattr(data, k)) for k in ("train", "val", "test")})
             step = lambda data, state, ids: expand(alg.step(one(data), squeeze(state), None if ids is None else ids[0]))
             ev = lambda state, data: expand(evaluate_run(squeeze(state), one(data)))
+        elif self.by_run:
+            steps, evals = run_by_run(alg.step, mesh), run_by_run(lambda data, state: evaluate_run(state, data), mesh)
+            step = lambda data, state, ids: steps(data, state) if ids is None else steps(data, state, ids)
+            ev = lambda state, data: evals(data, state)
         else:
             step = jax.vmap(alg.step, in_axes=(DATA_RUN_AXES, 0, 0))
-            if self.eval_by_run:  # forward passes only: the plain program's convolution
-                ev = run_by_run(evaluator(build_algorithm(cfg)), mesh)
-            else:
-                ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
+            ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
         self.data = self._place(data)
         opts = compiler_options()
         # with a mesh: states stay sharded over 'runs'; metrics and evaluations come back replicated,
@@ -167,7 +167,7 @@ class Trainer:
         t0 = time.perf_counter()
         ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
         avals = jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "sharding", None)), (self.data, state, ids))
-        key = (self.alg, self.num_runs, self.mesh, self.eval_by_run, jax.tree.structure(avals),
+        key = (self.alg, self.num_runs, self.mesh, self.by_run, jax.tree.structure(avals),
                tuple(jax.tree.leaves(avals)))
         try:
             programs = _PROGRAMS.pop(key, None)

@@ -66,7 +66,9 @@ def test_seeds_in_one_program_equal_single_runs(fake_dir, tmp_path, singles):
     for s in SEEDS:
         on_disk = json.loads((out / f"seed-{s}" / "results.json").read_text())
         assert on_disk["status"] == "finished" and on_disk["config"]["seed"] == s
-        assert on_disk["algorithm"]["conv_impl"] == ("im2col" if jax.default_backend() == "cpu" else "xla")
+        cpu = jax.default_backend() == "cpu"  # CPU: run by run, each with the plain program's convolution
+        assert on_disk["algorithm"]["conv_impl"] == ("nhwc_vjp" if cpu else "xla")
+        assert on_disk["group"]["by_run"] == cpu
         assert set(on_disk) >= {"config", "data", "curves", "best", "final", "communication"}
     summary = json.loads((out / "summary.json").read_text())
     accs = [singles[s]["best"]["test_acc"] for s in SEEDS]
@@ -103,16 +105,22 @@ def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_pat
     assert "| 0.2 |" in (out / "summary.md").read_text()
 
 
-def test_vmapped_and_run_by_run_evaluation_agree(fake_dir):
-    """Both ways to evaluate a group (run by run: CPU's default; vmapped: accelerators') give the
-    same per-client counts and losses, after a step so that the runs' models differ."""
+def test_vmapped_and_run_by_run_groups_agree(fake_dir):
+    """Both ways to run a group (run by run: CPU's default; vmapped: accelerators') step and
+    evaluate to the same numbers; the single-run tests above cover the default way."""
     from pfedhn_jax.builders import load_group_data
     from pfedhn_jax.trainer import Trainer
     cfg = tiny(fake_dir, None)
     data, _, _ = load_group_data(cfg, SEEDS)
-    by_run, vmapped = (Trainer(cfg, data, len(SEEDS), eval_by_run=b) for b in (True, False))
-    assert by_run.eval_by_run and not vmapped.eval_by_run
-    state = by_run.step(by_run.init(SEEDS))[0]
+    by_run, vmapped = (Trainer(cfg, data, len(SEEDS), by_run=b) for b in (True, False))
+    assert by_run.by_run and not vmapped.by_run and (by_run.conv_impl, vmapped.conv_impl) == ("nhwc_vjp", "im2col")
+    s0 = by_run.init(SEEDS)
+    state, m = by_run.step(s0)
+    state_v, m_v = vmapped.step(s0)
+    np.testing.assert_array_equal(m.client_ids, m_v.client_ids)
+    np.testing.assert_allclose(m.loss, m_v.loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state.server.params,
+                 state_v.server.params)
     a, b = by_run.evaluate(state), vmapped.evaluate(state)  # [(val, test) summaries] per run
     assert len(a) == len(b) == len(SEEDS)
     for run_a, run_b in zip(a, b):
