@@ -22,8 +22,8 @@ from pfedhn_jax.hypernet import HyperNetwork
 def resolve_conv_impl(cfg: Config, vmapped: bool = False) -> str:
     """The convolution for cfg's target (`pfedhn_jax.layers`). 'auto': lax.conv off CPU; on CPU,
     measured (benchmarks/RESULTS.md), lax.conv with the NHWC VJP when each client's local loop runs
-    on its own, im2col when local loops are vmapped (several runs in one program, or the step's
-    clients under `vmap`), where per-client kernels make lax.conv a grouped convolution.
+    on its own, im2col when local loops are vmapped (runs of a program under `vmap`, or the step's
+    clients), where per-client kernels make lax.conv a grouped convolution.
     """
     if cfg.conv_impl != "auto":
         return cfg.conv_impl
