@@ -51,8 +51,8 @@ timeout 120 "$PY" -c "import jax; print('jax', jax.__version__, jax.default_back
 # 1. client-parallel scaling: vmap over clients, C = 1 .. 256 (the GPU case the issue asks about)
 run_part client_throughput_vmap 170 "$PY" benchmarks/client_throughput.py --strategies vmap --cps "$CPS" \
   --data-dir "$DATA" --out "$OUT_DIR/client_throughput_vmap.json"
-# 2. runs (seeds) per program: S = 1, 3, 8, 24 in one vmapped program (the multi-seed axis)
-run_part runs_per_program 90 "$PY" benchmarks/runs_per_program.py --runs 1,3,8,24 --repeats 5 \
+# 2. runs (seeds) per program: S = 1, 3, 8, 24 in one program, vmapped (the default off CPU) and run by run
+run_part runs_per_program 90 "$PY" benchmarks/runs_per_program.py --runs 1,3,8,24 --repeats 5 --both \
   --data-dir "$DATA" --out "$OUT_DIR/runs_per_program.json"
 # 3. the paper's schedule (fraction, extrapolated to 5000 steps), evaluation included
 run_part end_to_end 110 "$PY" benchmarks/end_to_end.py --fraction "$E2E_FRACTION" --data-dir "$DATA" \
