@@ -153,18 +153,27 @@ def test_diverging_seed_stops_the_group_naming_it(fake_dir, tmp_path):
 DEVICES_SCRIPT = """
 import dataclasses, json, sys
 import jax, numpy as np
+from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
-cfg, ccfg = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.argv[3]))
+from pfedhn_jax.trainer import Trainer, device_mesh
+cfg, ccfg, seeds = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.argv[3])), json.loads(sys.argv[2])
+save = lambda name, params: np.savez(f"{sys.argv[5]}/{name}.npz", **{str(i): np.asarray(x) for i, x in
+                                                                    enumerate(jax.tree.leaves(jax.device_get(params)))})
 got = {}
 for n in json.loads(sys.argv[4]):  # device counts, each a prefix of the forced host devices
     devices = jax.devices()[:n]
-    g = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-{n}"), json.loads(sys.argv[2]), progress=False, devices=devices)
-    np.savez(f"{sys.argv[5]}/params-{n}.npz", **{str(i): np.asarray(x) for i, x in
-                                                  enumerate(jax.tree.leaves(jax.device_get(g["state"].server.params)))})
+    g = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-{n}"), seeds, progress=False, devices=devices)
+    save(f"params-{n}", g["state"].server.params)
+    if n == 4:  # the accelerators' way on the same mesh: the runs vmapped, sharded over 'runs'
+        padded = seeds + [seeds[-1]] * (n - len(seeds))
+        t = Trainer(cfg, load_group_data(cfg, padded)[0], n, device_mesh(n, 1, devices), by_run=False)
+        state = t.init(padded)
+        for _ in range(cfg.num_steps):
+            state = t.step(state)[0]
+        save("vmapped-4", state.server.params)
     c = train(ccfg, progress=False, devices=devices)  # one run, its clients split over the devices
-    np.savez(f"{sys.argv[5]}/clients-{n}.npz", **{str(i): np.asarray(x) for i, x in
-                                                   enumerate(jax.tree.leaves(c["state"].server.params))})
+    save(f"clients-{n}", c["state"].server.params)
     got[n] = {"curves": [r["curves"] for r in g["runs"]], "padded": g["runs"][0]["group"]["padded_runs"],
               "devices": g["runs"][0]["group"]["devices"], "client_curves": c["curves"]}
 print(json.dumps(got))
@@ -181,8 +190,9 @@ def many_clients(fake_dir):
 
 
 def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, many_clients):
-    """Seeds sharded over 4 and over 8 devices (padded), and one run's clients of a step sharded
-    over them; one subprocess with 8 forced host devices runs both counts."""
+    """Seeds sharded over 4 and over 8 devices (padded; run by run, and on 4 devices also vmapped),
+    and one run's clients of a step sharded over them; one subprocess with 8 forced host devices
+    runs both counts."""
     cfg = dataclasses.asdict(tiny(fake_dir, tmp_path / "out"))
     ccfg = dataclasses.asdict(tiny(fake_dir, None, **CLIENTS))
     env = xla_env(max(DEVICE_COUNTS))
@@ -197,10 +207,11 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
         assert got["devices"] == devices and got["padded"] == devices  # 2 seeds padded to 4 / 8 devices
         for r, s in enumerate(SEEDS):
             assert_points_close(got["curves"][r], points(singles[s]), (devices, s))
-        leaves = np.load(tmp_path / f"params-{devices}.npz")
-        for r, s in enumerate(SEEDS):
-            for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
-                np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6)
+        for name in (f"params-{devices}",) + (("vmapped-4",) if devices == 4 else ()):
+            leaves = np.load(tmp_path / f"{name}.npz")
+            for r, s in enumerate(SEEDS):
+                for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
+                    np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6, err_msg=name)
         assert_points_close(got["client_curves"], points(many_clients), devices)
         leaves = np.load(tmp_path / f"clients-{devices}.npz")
         for i, ref in enumerate(jax.tree.leaves(jax.device_get(many_clients["state"].server.params))):
