@@ -1,8 +1,9 @@
 """Runs per program: the outer step of S runs (seeds) in one compiled program, S = 1, 3, 8, 24.
 
 Builds the training loop's own program (`pfedhn_jax.trainer.Trainer`: the plain step for S = 1;
-for S > 1 a leading run axis, mapped run by run on CPU or vmapped, and a 'runs' device mesh), compiles it ahead of time
-(reported apart), then times one outer step of all S runs (median of --repeats after --warmup).
+for S > 1 a leading run axis, run by run on CPU or vmapped, and a 'runs' device mesh), compiles
+it ahead of time (reported apart), then times one outer step of all S runs and one evaluation
+(median of --repeats after --warmup).
 `--cpu-devices N` splits a CPU into N XLA devices before JAX starts (runs are padded to fill them);
 compare `--cpu-devices 1` and `--cpu-devices auto` on the same machine, back to back.
 
@@ -59,7 +60,8 @@ def main(argv=None) -> dict:
         default = Trainer(cfg, data, padded, device_mesh(padded))
         ways = [default.by_run] + ([not default.by_run] if s > 1 and args.both else [])
         for by_run in ways:  # the Trainer's default way first, then the other one in the same process
-            trainer = Trainer(cfg, data, padded, device_mesh(padded), by_run=by_run) if s > 1 else default
+            trainer = default if by_run == default.by_run else Trainer(cfg, data, padded, device_mesh(padded),
+                                                                       by_run=by_run)
             holder = [trainer.init(seeds)]
             with common.Timer() as t:
                 trainer.compile(holder[0])
