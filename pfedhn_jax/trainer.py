@@ -107,7 +107,7 @@ class Trainer:
         clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU
         spread = alg.client_sharding is not None and n % mesh.shape["clients"] == 0
 
-        def evaluate_run(state: TrainState, data: FederatedData):
+        def evaluate_run(data: FederatedData, state: TrainState):
             # spread: every client at once, the clients split over the devices like training
             return tuple(alg.evaluate(state, data, split, n if spread else clients_per_batch,
                                       alg.client_sharding if spread else None) for split in (data.val, data.test))
@@ -117,14 +117,13 @@ class Trainer:
             expand = lambda t: jax.tree.map(lambda a: a[None], t)
             one = lambda data: data._replace(**{k: squeeze(getattr(data, k)) for k in ("train", "val", "test")})
             step = lambda data, state, ids: expand(alg.step(one(data), squeeze(state), None if ids is None else ids[0]))
-            ev = lambda state, data: expand(evaluate_run(squeeze(state), one(data)))
+            ev = lambda data, state: expand(evaluate_run(one(data), squeeze(state)))
         elif self.by_run:
-            steps, evals = run_by_run(alg.step, mesh), run_by_run(lambda data, state: evaluate_run(state, data), mesh)
+            steps, ev = run_by_run(alg.step, mesh), run_by_run(evaluate_run, mesh)
             step = lambda data, state, ids: steps(data, state) if ids is None else steps(data, state, ids)
-            ev = lambda state, data: evals(data, state)
         else:
             step = jax.vmap(alg.step, in_axes=(DATA_RUN_AXES, 0, 0))
-            ev = jax.vmap(evaluate_run, in_axes=(0, DATA_RUN_AXES))
+            ev = jax.vmap(evaluate_run, in_axes=(DATA_RUN_AXES, 0))
         self.data = self._place(data)
         opts = compiler_options()
         # with a mesh: states stay sharded over 'runs'; metrics and evaluations come back replicated,
@@ -174,7 +173,7 @@ class Trainer:
         except TypeError:  # an unhashable algorithm (e.g. a user's target): no reuse
             key, programs = None, None
         if programs is None:
-            programs = (self._step.lower(self.data, state, ids).compile(), self._eval.lower(state, self.data).compile())
+            programs = (self._step.lower(self.data, state, ids).compile(), self._eval.lower(self.data, state).compile())
         if key is not None:
             _PROGRAMS[key] = programs  # most recent last
             while len(_PROGRAMS) > 8:
@@ -189,7 +188,7 @@ class Trainer:
 
     def evaluate(self, state: TrainState) -> list[tuple[dict, dict]]:
         """(val, test) summaries of every run (`evaluate.summarize`), in run order."""
-        val, test = jax.device_get(self._eval(state, self.data))
+        val, test = jax.device_get(self._eval(self.data, state))
         pick = lambda m, r: jax.tree.map(lambda a: a[r], m)
         return [tuple(self._summarize(pick(m, r)) for m in (val, test)) for r in range(self.num_runs)]
 
