@@ -16,6 +16,7 @@ N = 256 clients (C cannot exceed N; the reference's N is 50, which stays the def
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def parse_args(argv=None):
                    help="auto: per backend and strategy (pfedhn_jax.builders.resolve_conv_impl)")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the local loop")
+    common.add_matmul_precision(p, many=True)
     p.add_argument("--plot", default=None, help="PNG path (default: the JSON path with .png)")
     p.add_argument("--no-plot", action="store_true")
     return p.parse_args(argv)
@@ -53,7 +55,7 @@ def measure(cfg, data, repeats: int, warmup: int, sharded: bool = False) -> dict
 
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from pfedhn_jax.builders import build_algorithm, compiler_options
+    from pfedhn_jax.builders import at_precision, build_algorithm, compiler_options
     from pfedhn_jax.trainer import device_mesh
 
     alg = build_algorithm(cfg, vmapped=sharded)
@@ -62,7 +64,7 @@ def measure(cfg, data, repeats: int, warmup: int, sharded: bool = False) -> dict
         alg = dataclasses.replace(alg, client_sharding=NamedSharding(mesh, P("clients")))
     state = alg.init(jax.random.key(cfg.seed))
     with common.Timer() as t:
-        step = jax.jit(alg.step, compiler_options=compiler_options()).lower(data, state).compile()
+        step = jax.jit(at_precision(cfg, alg.step), compiler_options=compiler_options()).lower(data, state).compile()
     holder = [state]
 
     def run():
@@ -83,11 +85,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for s in dict.fromkeys(r["strategy"] for r in rows):
+    lines = dict.fromkeys((r["strategy"], r["matmul_precision"]) for r in rows)
+    for s, precision in lines:
         pts = [(r["clients_per_step"], r["local_steps_per_s"]) for r in rows
-               if r["strategy"] == s and r.get("local_steps_per_s")]
+               if (r["strategy"], r["matmul_precision"]) == (s, precision) and r.get("local_steps_per_s")]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=s)
+            ax.plot(*zip(*pts), marker="o", label=s if len({p for _, p in lines}) == 1 else f"{s}, {precision}")
     ax.set_xscale("log", base=2)
     ticks = sorted({r["clients_per_step"] for r in rows})
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -116,6 +119,7 @@ def main(argv=None) -> dict:
         args.num_clients = max(50, *cps_list)
     base = Config(data_dir=args.data_dir, num_clients=args.num_clients, inner_steps=args.inner_steps,
                   conv_impl=args.conv_impl, compute_dtype=args.compute_dtype, unroll=args.unroll)
+    precisions = args.matmul_precision
     with common.Timer() as t_data:
         data, _, desc = load_data(base.validate())
     record = {"benchmark": "client_throughput", "command": common.cmdline(), "environment": env,
@@ -123,29 +127,30 @@ def main(argv=None) -> dict:
               "settings": {"devices": len(jax.devices()), "inner_steps": args.inner_steps, "batch_size": base.batch_size,
                            "num_clients": args.num_clients, "conv_impl": args.conv_impl,
                            "compute_dtype": args.compute_dtype, "unroll": args.unroll,
+                           "matmul_precisions": precisions,
                            "repeats": args.repeats, "warmup": args.warmup},
               "rows": []}
     rows = record["rows"]
-    for s in strategies:
-        for c in cps_list:
-            row = {"strategy": s, "clients_per_step": c}
-            if c > args.num_clients:
-                row["skipped"] = f"C > num_clients {args.num_clients}"
-            elif s == "loop" and c > args.max_loop_cps:
-                row["skipped"] = f"loop above --max-loop-cps {args.max_loop_cps}"
-            elif s == "sharded" and c % len(jax.devices()):
-                row["skipped"] = f"C does not divide over {len(jax.devices())} devices"
-            else:
-                strategy = "vmap" if s == "sharded" else s
-                cfg = Config(**{**base.to_dict(), "clients_per_step": c, "strategy": strategy}).validate()
-                try:
-                    row.update(measure(cfg, data, args.repeats, args.warmup, sharded=s == "sharded"))
-                except Exception as e:  # noqa: BLE001 - e.g. out of memory at large C: record, go on
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            rows.append(row)
-            print(common.table([row], COLUMNS) if len(rows) == 1 else common.table([row], COLUMNS).splitlines()[-1],
-                  flush=True)
-            common.write_json(args.out, record)  # partial results survive a timeout
+    for precision, s, c in itertools.product(precisions, strategies, cps_list):
+        row = {"strategy": s, "clients_per_step": c, "matmul_precision": precision}
+        if c > args.num_clients:
+            row["skipped"] = f"C > num_clients {args.num_clients}"
+        elif s == "loop" and c > args.max_loop_cps:
+            row["skipped"] = f"loop above --max-loop-cps {args.max_loop_cps}"
+        elif s == "sharded" and c % len(jax.devices()):
+            row["skipped"] = f"C does not divide over {len(jax.devices())} devices"
+        else:
+            strategy = "vmap" if s == "sharded" else s
+            cfg = Config(**{**base.to_dict(), "clients_per_step": c, "strategy": strategy,
+                            "matmul_precision": precision}).validate()
+            try:
+                row.update(measure(cfg, data, args.repeats, args.warmup, sharded=s == "sharded"))
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory at large C: record, go on
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        rows.append(row)
+        print(common.table([row], COLUMNS) if len(rows) == 1 else common.table([row], COLUMNS).splitlines()[-1],
+              flush=True)
+        common.write_json(args.out, record)  # partial results survive a timeout
     print()
     print(common.table(rows, COLUMNS, title=f"client_throughput ({env['backend']}, {env['device_kind']}, "
                                               f"K={args.inner_steps}, conv={rows[0].get('conv_impl', args.conv_impl)}; "
@@ -163,7 +168,7 @@ def main(argv=None) -> dict:
     return record
 
 
-COLUMNS = ("strategy", "clients_per_step", "conv_impl", "compile_s", "outer_step_s", "local_steps_per_s",
+COLUMNS = ("strategy", "clients_per_step", "matmul_precision", "conv_impl", "compile_s", "outer_step_s", "local_steps_per_s",
            "client_updates_per_s", "local_steps_per_cpu_s")
 
 if __name__ == "__main__":

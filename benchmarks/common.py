@@ -188,6 +188,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return p
 
 
+def add_matmul_precision(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """--matmul-precision, as scripts/train.py's (float32 unless asked; it changes speed and numbers
+    only off CPU); `many`: a comma list, parsed to a list."""
+    def parse(text: str):
+        from pfedhn_jax.config import MATMUL_PRECISIONS
+        values = parse_strs(text)
+        if not values or any(v not in MATMUL_PRECISIONS for v in values) or (len(values) > 1 and not many):
+            raise argparse.ArgumentTypeError(f"expected {'a comma list from' if many else 'one of'} "
+                                             f"{', '.join(MATMUL_PRECISIONS)}; got '{text}'")
+        return values if many else values[0]
+    p.add_argument("--matmul-precision", type=parse, default=["float32"] if many else "float32",
+                   help="precision of float32 matmuls and convolutions, as scripts/train.py's: "
+                        f"{'a comma list from ' if many else ''}float32, tensorfloat32, default (default: float32)")
+
+
 def parse_ints(s: str) -> list[int]:
     return [int(v) for v in s.replace(" ", "").split(",") if v]
 

@@ -24,15 +24,17 @@ def parse_args(argv=None):
     p.add_argument("--impls", default="xla,nhwc_vjp,im2col")
     p.add_argument("--clients", default="1,3", help="comma list: 1 = one loop, S > 1 = S loops under vmap")
     p.add_argument("--inner-steps", type=int, default=50)
+    common.add_matmul_precision(p)
     return p.parse_args(argv)
 
 
-def measure(impl: str, clients: int, k: int, repeats: int, warmup: int) -> dict:
+def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precision: str) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
-    from pfedhn_jax.builders import compiler_options
+    from pfedhn_jax.builders import at_precision, compiler_options
+    from pfedhn_jax.config import Config
     from pfedhn_jax.client import masked_cross_entropy, sgd
     from pfedhn_jax.targets import cifar_cnn
 
@@ -55,7 +57,8 @@ def measure(impl: str, clients: int, k: int, repeats: int, warmup: int) -> dict:
 
     fn = jax.vmap(local_loop) if clients > 1 else lambda p, x, y: local_loop(*jax.tree.map(lambda a: a[0], (p, x, y)))
     t0 = time.perf_counter()
-    compiled = jax.jit(fn, compiler_options=compiler_options()).lower(params, xs, ys).compile()
+    compiled = jax.jit(at_precision(Config(matmul_precision=precision), fn),
+                       compiler_options=compiler_options()).lower(params, xs, ys).compile()
     compile_s = time.perf_counter() - t0
     t = common.median_time(lambda: compiled(params, xs, ys), repeats, warmup, jax.block_until_ready)
     return {"impl": impl, "clients": clients, "compile_s": compile_s, "loop_s": t["median_s"],
@@ -70,7 +73,7 @@ def main(argv=None) -> None:
     rows = []
     for clients in common.parse_ints(args.clients):
         for impl in common.parse_strs(args.impls):
-            rows.append(measure(impl, clients, args.inner_steps, args.repeats, args.warmup))
+            rows.append(measure(impl, clients, args.inner_steps, args.repeats, args.warmup, args.matmul_precision))
             print(common.table(rows[-1:], ("impl", "clients", "compile_s", "loop_s", "local_steps_per_s",
                                            "cpu_per_wall")), flush=True)
     print(common.table(rows, ("impl", "clients", "compile_s", "loop_s", "local_steps_per_s", "cpu_per_wall"),

@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--strategy", default="auto")
     p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "nhwc_vjp", "im2col"))
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+    common.add_matmul_precision(p)
     return p.parse_args(argv)
 
 
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
     steps = max(1, round(args.fraction * args.full_steps))
     kw = dict(data_dir=args.data_dir, num_clients=args.num_clients, eval_every=args.eval_every,
               clients_per_step=args.clients_per_step, strategy=args.strategy, conv_impl=args.conv_impl,
-              compute_dtype=args.compute_dtype, checkpoint_every=0)
+              compute_dtype=args.compute_dtype, matmul_precision=args.matmul_precision, checkpoint_every=0)
     cfg = Config(num_steps=steps, **kw).validate()
     full_cfg = Config(num_steps=args.full_steps, **kw).validate()
     print(f"running {steps} of {args.full_steps} outer steps (fraction {steps / args.full_steps:g}), "
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
           f"one evaluation of all clients (val+test): {s['s_per_eval']:.3g} s")
     print(f"full schedule ({args.full_steps} steps): {s['full_wall_min']:.1f} min "
           f"{'(extrapolated linearly from the measured fraction)' if steps != args.full_steps else '(measured)'}; "
-          f"reference PyTorch on a 2-core AVX-512 CPU (REFERENCE §8): ~50 min -> "
+          f"reference PyTorch on a 2-core AVX-512 CPU (docs/reference.md §8): ~50 min -> "
           f"x{s['speedup_vs_reference_50min']:.2f} (different CPUs: indicative only)")
     common.finish(args.out, record)
     return record

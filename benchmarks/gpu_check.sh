@@ -6,8 +6,8 @@
 # Assumes a python ($PYTHON, else `python`) whose jax has CUDA, plus optax/chex/orbax/tqdm/matplotlib;
 # pfedhn_jax is imported from this checkout (no install needed). torch is optional: without a
 # CUDA-capable torch the torch comparison is skipped.
-# Output: tables on stdout; JSON + PNG in $OUT_DIR (default: $OUT/gpu when $OUT is set, as on the
-# device machine, else benchmarks/out/gpu).
+# Output: tables on stdout; JSON, PNG and logs in $OUT_DIR (default benchmarks/out/gpu), and when $OUT
+# is set (as on the device machine, which returns at most 8 files) all of them in $OUT/gpu_check.tar.gz.
 # Knobs: E2E_FRACTION (default 0.2 = 1000 of 5000 steps; 1 = the whole schedule, if it fits),
 #        CPS (default 1,2,4,...,256), PFEDHN_DATA_DIR (default: the first of ../shared/data, shared/data).
 # Each part runs under `timeout` with what is left of the budget, so a slow part cannot eat the rest;
@@ -17,7 +17,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 BUDGET=${GPU_CHECK_BUDGET_S:-470}
 START=$(date +%s)
-OUT_DIR=${OUT_DIR:-${OUT:+$OUT/gpu}}
 OUT_DIR=${OUT_DIR:-benchmarks/out/gpu}
 mkdir -p "$OUT_DIR"
 DATA=${PFEDHN_DATA_DIR:-}
@@ -49,8 +48,11 @@ timeout 120 "$PY" -c "import jax; print('jax', jax.__version__, jax.default_back
 [ -n "$DATA" ] || { echo "cifar10.npz not found: set PFEDHN_DATA_DIR"; exit 2; }
 
 # 1. client-parallel scaling: vmap over clients, C = 1 .. 256 (the GPU case the issue asks about)
-run_part client_throughput_vmap 170 "$PY" benchmarks/client_throughput.py --strategies vmap --cps "$CPS" \
+run_part client_throughput_vmap 150 "$PY" benchmarks/client_throughput.py --strategies vmap --cps "$CPS" \
   --data-dir "$DATA" --out "$OUT_DIR/client_throughput_vmap.json"
+# 1b. the same at JAX's default precision (TF32 on NVIDIA GPUs) instead of float32: what float32 costs
+run_part client_throughput_tf32 60 "$PY" benchmarks/client_throughput.py --strategies vmap --cps 1,32,256 \
+  --matmul-precision default --data-dir "$DATA" --out "$OUT_DIR/client_throughput_tf32.json"
 # 2. runs (seeds) per program: S = 1, 3, 8, 24 in one program, vmapped (the default off CPU) and run by run
 run_part runs_per_program 90 "$PY" benchmarks/runs_per_program.py --runs 1,3,8,24 --repeats 5 --both \
   --data-dir "$DATA" --out "$OUT_DIR/runs_per_program.json"
@@ -70,3 +72,4 @@ run_part client_throughput_map_loop 70 "$PY" benchmarks/client_throughput.py --s
 # 6. the convolution implementations in the local loop (auto = xla off CPU; is nhwc_vjp or im2col faster here?)
 run_part conv_impls 40 "$PY" benchmarks/conv_impls.py --clients 1,8 --repeats 5 --out "$OUT_DIR/conv_impls.json"
 echo "== gpu_check done in $(( $(date +%s) - START )) s; results in $OUT_DIR"
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_check.tar.gz" -C "$OUT_DIR" . && echo "== bundled: \$OUT/gpu_check.tar.gz"; fi

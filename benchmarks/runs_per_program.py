@@ -33,6 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--algo", default="pfedhn", choices=("pfedhn", "pfedhn-pc"))
     p.add_argument("--both", action="store_true",
                    help="S > 1: also time the other way to run several runs (run by run / vmapped), same process")
+    common.add_matmul_precision(p)
     return p.parse_args(argv)
 
 
@@ -47,7 +48,8 @@ def main(argv=None) -> dict:
 
     env = common.environment(jax_info=True)
     common.print_env(env)
-    cfg = Config(data_dir=args.data_dir, num_clients=args.num_clients, inner_steps=args.inner_steps, algo=args.algo)
+    cfg = Config(data_dir=args.data_dir, num_clients=args.num_clients, inner_steps=args.inner_steps, algo=args.algo,
+                 matmul_precision=args.matmul_precision).validate()
     record = {"benchmark": "runs_per_program", "command": common.cmdline(), "environment": env, "note": args.note,
               "settings": vars(args), "rows": []}
     base = None

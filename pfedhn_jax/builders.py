@@ -5,9 +5,11 @@ The one place where flags become objects; the dataset-specific parts come from t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 import jax
 
@@ -63,6 +65,28 @@ def init_compiler_options() -> dict[str, str | bool]:
     if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
         return compiler_options()
     return {**compiler_options(), "xla_backend_optimization_level": "1"}
+
+
+def matmul_precision(cfg: Config) -> ContextManager:
+    """The context to trace cfg's programs in: `jax.default_matmul_precision(cfg.matmul_precision)`.
+
+    'float32' (the default) keeps every matmul and convolution in float32, as the reference
+    computes; on CPU it changes nothing (same programs, same numbers, same speed: measured). On
+    NVIDIA GPUs XLA's own default is TensorFloat-32 and on TPUs bfloat16 passes (docs/reference.md
+    §9); 'default' leaves JAX's setting (e.g. $JAX_DEFAULT_MATMUL_PRECISION) as it is.
+    """
+    if cfg.matmul_precision == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(cfg.matmul_precision)
+
+
+def at_precision(cfg: Config, fn: Callable) -> Callable:
+    """fn, traced under `matmul_precision(cfg)` whoever jits it (the precision goes into the program)."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with matmul_precision(cfg):
+            return fn(*args, **kwargs)
+    return traced
 
 
 def build_target(cfg: Config, vmapped: bool = False):

@@ -23,6 +23,8 @@ DATA_SOURCES = ("auto", "npz", "tfds")
 STRATEGIES = ("auto", "vmap", "map", "loop")
 CONV_IMPLS = ("auto", "xla", "nhwc_vjp", "im2col")  # = layers.CONV_IMPLS
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# jax_default_matmul_precision values for matmuls and convolutions (docs/reference.md §9)
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "default")
 # Hypernetwork learning rate by algorithm, as in the reference's two trainers (docs/reference.md §3).
 DEFAULT_LR = {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}
 
@@ -78,10 +80,11 @@ class Config:
     resume: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 2         # the newest two: resume needs one, the other guards against a bad disk
-    # speed only (same numbers up to float rounding, except compute_dtype)
+    # speed only (same numbers up to float rounding, except compute_dtype, and matmul_precision off CPU)
     strategy: str = "auto"
     conv_impl: str = "auto"
     compute_dtype: str = "float32"     # bfloat16: a deviation, matmul inputs in bf16
+    matmul_precision: str = "float32"  # the reference's float32; 'default': JAX's (TF32 on NVIDIA GPUs, bf16 on TPUs)
     unroll: int = 1
 
     @property
@@ -114,6 +117,7 @@ class Config:
         choice("strategy", self.strategy, STRATEGIES)
         choice("conv-impl", self.conv_impl, CONV_IMPLS)
         choice("compute-dtype", self.compute_dtype, COMPUTE_DTYPES)
+        choice("matmul-precision", self.matmul_precision, MATMUL_PRECISIONS)
         for flag, v in (("num-clients", self.num_clients), ("num-steps", self.num_steps),
                         ("inner-steps", self.inner_steps), ("batch-size", self.batch_size),
                         ("eval-every", self.eval_every), ("hyper-hid", self.hyper_hid),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pfedhn_jax import novel, results
-from pfedhn_jax.builders import build_algorithm, compiler_options
+from pfedhn_jax.builders import build_algorithm, compiler_options, matmul_precision
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, to_device
 from pfedhn_jax.data.registry import spec
@@ -68,7 +68,13 @@ def _log(msg: str) -> None:
 
 def run(args: NovelExperiment, log: Callable[[str], None] = _log) -> dict:
     """Split, train pFedHN, fit the novel embeddings, train and fine-tune the FedAvg baseline, evaluate;
-    returns the results (the schema of novel.json: per novel client "novel", per α "by_alpha", ...)."""
+    returns the results (the schema of novel.json: per novel client "novel", per α "by_alpha", ...).
+    Every program is traced at the library's default matmul precision (`builders.matmul_precision`)."""
+    with matmul_precision(Config()):
+        return _run(args, log)
+
+
+def _run(args: NovelExperiment, log: Callable[[str], None]) -> dict:
     t_start = time.perf_counter()
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients, num_steps=args.steps,
                  inner_steps=args.inner_steps, batch_size=args.batch_size, n_kernels=args.n_kernels,

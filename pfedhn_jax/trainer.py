@@ -22,7 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pfedhn_jax import evaluate, server
 from pfedhn_jax.algorithm import StepMetrics, TrainState
-from pfedhn_jax.builders import build_algorithm, compiler_options, init_compiler_options, resolve_conv_impl
+from pfedhn_jax.builders import (at_precision, build_algorithm, compiler_options, init_compiler_options,
+                                matmul_precision, resolve_conv_impl)
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
 from pfedhn_jax.errors import UserError
@@ -124,13 +125,15 @@ class Trainer:
         else:
             step = jax.vmap(alg.step, in_axes=(DATA_RUN_AXES, 0, 0))
             ev = jax.vmap(evaluate_run, in_axes=(DATA_RUN_AXES, 0))
+        step, ev = at_precision(cfg, step), at_precision(cfg, ev)
         self.data = self._place(data)
         opts = compiler_options()
         # with a mesh: states stay sharded over 'runs'; metrics and evaluations come back replicated,
         # so every process (of a multi-host job) can read them
         runs, rep = (None, None) if mesh is None else (NamedSharding(mesh, P("runs")), NamedSharding(mesh, P()))
-        self._step = jax.jit(step, compiler_options=opts, out_shardings=None if mesh is None else (runs, rep))
-        self._eval = jax.jit(ev, compiler_options=opts, out_shardings=rep)
+        self._jitted = (jax.jit(step, compiler_options=opts, out_shardings=None if mesh is None else (runs, rep)),
+                        jax.jit(ev, compiler_options=opts, out_shardings=rep))
+        self._step, self._eval = self._jitted  # until `compile` swaps in the compiled programs
 
         def init(key_data, lrs):
             state = jax.vmap(alg.init)(jax.random.wrap_key_data(key_data))
@@ -159,21 +162,30 @@ class Trainer:
         lrs = [self.alg.lr] * len(seeds) if lrs is None else lrs
         return self._init(key_data, np.asarray(lrs, np.float32))
 
+    def lower(self, state: TrainState, with_client_ids: bool = False) -> tuple[jax.stages.Lowered, jax.stages.Lowered]:
+        """The step (for sampled clients, or for given ones when replaying) and the evaluation,
+        traced and lowered for these shapes; `.as_text()` shows a program, `.compile()` builds it."""
+        ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
+        step, ev = self._jitted
+        return step.lower(self.data, state, ids), ev.lower(self.data, state)
+
     def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
-        """Compile the step (for sampled clients, or for given ones when replaying) and the
-        evaluation ahead of time; returns seconds spent. A later Trainer of the same algorithm,
-        mesh and shapes in this process reuses the executables (a grid, a resumed run, tests)."""
+        """Compile `lower`'s programs ahead of time; returns seconds spent. A later Trainer of the
+        same algorithm, precision, mesh and shapes in this process reuses the executables (a grid,
+        a resumed run, tests)."""
         t0 = time.perf_counter()
         ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
         avals = jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "sharding", None)), (self.data, state, ids))
-        key = (self.alg, self.num_runs, self.mesh, self.by_run, jax.tree.structure(avals),
+        with matmul_precision(self.cfg):  # the precision the programs are traced at
+            precision = jax.default_matmul_precision.value
+        key = (self.alg, precision, self.num_runs, self.mesh, self.by_run, jax.tree.structure(avals),
                tuple(jax.tree.leaves(avals)))
         try:
             programs = _PROGRAMS.pop(key, None)
         except TypeError:  # an unhashable algorithm (e.g. a user's target): no reuse
             key, programs = None, None
         if programs is None:
-            programs = (self._step.lower(self.data, state, ids).compile(), self._eval.lower(self.data, state).compile())
+            programs = tuple(lowered.compile() for lowered in self.lower(state, with_client_ids))
         if key is not None:
             _PROGRAMS[key] = programs  # most recent last
             while len(_PROGRAMS) > 8:

@@ -16,8 +16,8 @@ import dataclasses
 import sys
 import typing
 
-from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, OPTIMIZERS, SPLITS,
-                               STRATEGIES, Config)
+from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, MATMUL_PRECISIONS,
+                               OPTIMIZERS, SPLITS, STRATEGIES, Config)
 from pfedhn_jax.cli import OneLineParser, comma_list
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 
@@ -26,7 +26,8 @@ GROUPS = {
     "data": "data and the federated split",
     "algorithm": "algorithm (defaults: the reference's, docs/reference.md §3)",
     "output": "evaluation, output and checkpoints",
-    "speed": "speed only (the numbers do not change, except --compute-dtype)",
+    "speed": "speed and arithmetic (the numbers do not change, except with --compute-dtype, and with "
+             "--matmul-precision off CPU)",
 }
 HELP = {
     "dataset": ("data", "dataset (default: {default})"),
@@ -84,10 +85,14 @@ HELP = {
                            "or patches @ kernel (im2col); auto: xla off CPU, on CPU nhwc_vjp, or im2col when local "
                            "loops are vmapped (default: {default})"),
     "compute_dtype": ("speed", "bfloat16 matmul inputs with float32 accumulation: a deviation (default: {default})"),
+    "matmul_precision": ("speed", "precision of float32 matmuls and convolutions: float32 as the reference "
+                                  "computes, tensorfloat32 (TF32 on NVIDIA GPUs), or JAX's own setting (TF32 on "
+                                  "NVIDIA GPUs, bfloat16 passes on TPUs); no effect on CPU (default: {default})"),
     "unroll": ("speed", "lax.scan unroll of the local loop (default: {default})"),
 }
 CHOICES = {"dataset": DATASETS, "data_source": DATA_SOURCES, "split": SPLITS, "algo": ALGOS, "optim": OPTIMIZERS,
-           "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES}
+           "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES,
+           "matmul_precision": MATMUL_PRECISIONS}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -28,6 +28,15 @@ def test_option_lists_agree_with_their_implementations():
     assert config.CONV_IMPLS == layers.CONV_IMPLS
     assert config.COMPUTE_DTYPES == layers.COMPUTE_DTYPES
     assert config.DATASETS == tuple(SPECS)
+    import jax
+    for precision in config.MATMUL_PRECISIONS:  # each a value JAX accepts ('default' leaves JAX's own)
+        with jax.default_matmul_precision(None if precision == "default" else precision):
+            assert jax.default_matmul_precision.value in (precision, None)
+
+
+def test_a_bad_matmul_precision_is_one_line():
+    with pytest.raises(UserError, match=r"^--matmul-precision: unknown value 'tf32'; choose one of float32, "):
+        Config(matmul_precision="tf32").validate()
 
 
 def test_run_differences_lists_exactly_the_changed_fields():

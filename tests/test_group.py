@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_RUN, xla_env
+from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
+from pfedhn_jax.trainer import Trainer
 
 SEEDS = [5, 6]  # every in-process group is 2 runs: one compiled program shared by the tests (and test_distributed)
 
@@ -154,8 +156,10 @@ DEVICES_SCRIPT = """
 import dataclasses, json, sys
 import jax, numpy as np
 from pfedhn_jax.builders import load_group_data
+from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
+from pfedhn_jax.trainer import Trainer
 from pfedhn_jax.trainer import Trainer, device_mesh
 cfg, ccfg, seeds = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.argv[3])), json.loads(sys.argv[2])
 save = lambda name, params: np.savez(f"{sys.argv[5]}/{name}.npz", **{str(i): np.asarray(x) for i, x in
@@ -234,3 +238,20 @@ def test_indivisible_client_axis_is_refused_in_one_line(fake_dir, tmp_path):
                         "--clients-per-step", "6", "--num-steps", "2", "--cpu-devices", "4"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --clients-per-step: 6 clients")
+
+
+def test_matmul_precision_is_traced_into_every_program(fake_dir, singles):
+    """--matmul-precision float32 (the default) marks every matmul and convolution of the step and
+    the evaluation HIGHEST (full float32 on GPUs and TPUs); 'default' leaves them DEFAULT (TF32 on
+    NVIDIA GPUs). The two do not share compiled programs, and on CPU they compute the same numbers."""
+    for precision, mark, other in (("float32", "HIGHEST", "DEFAULT"), ("default", "DEFAULT", "HIGHEST")):
+        cfg = tiny(fake_dir, None, seed=SEEDS[0], matmul_precision=precision)
+        trainer = Trainer(cfg, load_group_data(cfg, SEEDS[:1])[0], 1)
+        for lowered in trainer.lower(trainer.init(SEEDS[:1])):
+            ops = [line for line in lowered.as_text().splitlines()
+                   if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+            assert ops and all(mark in line and other not in line for line in ops), precision
+    res = train(tiny(fake_dir, None, seed=SEEDS[0], matmul_precision="default"), progress=False)
+    assert points(res) == points(singles[SEEDS[0]])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(res["state"].server.params),
+                 jax.device_get(singles[SEEDS[0]]["state"].server.params))
