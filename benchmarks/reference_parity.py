@@ -199,7 +199,7 @@ def run_ours(args, algo: str, dump: Path) -> dict:
     import numpy as np
 
     from pfedhn_jax import evaluate
-    from pfedhn_jax.builders import build_algorithm, compiler_options
+    from pfedhn_jax.builders import at_precision, build_algorithm, compiler_options
     from pfedhn_jax.config import Config
     from pfedhn_jax.data.federated import to_device
     from pfedhn_jax.data.replay import load_client_order, load_initial_state, load_split_file
@@ -217,10 +217,10 @@ def run_ours(args, algo: str, dump: Path) -> dict:
     opts = compiler_options()
     state = load_initial_state(dump, alg, jax.jit(alg.init)(jax.random.key(cfg.seed)))
     ids = jnp.arange(cfg.num_clients)
-    step_fn = jax.jit(alg.step, compiler_options=opts)
-    eval_fn = jax.jit(lambda s, d: tuple(
+    step_fn = jax.jit(at_precision(cfg, alg.step), compiler_options=opts)  # float32, as training
+    eval_fn = jax.jit(at_precision(cfg, lambda s, d: tuple(
         evaluate.evaluate_clients(alg.target.apply, alg.personal_params(s, ids), d, split_)
-        for split_ in (d.val, d.test)), compiler_options=opts)
+        for split_ in (d.val, d.test))), compiler_options=opts)
 
     t0 = time.perf_counter()
     step_fn = step_fn.lower(data, state, order[:1]).compile()
