@@ -82,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--interrupted-reference", action="store_true",
                    help="reuse a reference run stopped with SIGINT (its dump is written at exit): compare the test "
                         "curve of its log up to its last evaluation; it has no val curve or results JSON")
+    p.add_argument("--noise-from", default=None, metavar="OURS_JSON",
+                   help="another of our replays of the same dump with another --seed (only the batch draws differ; "
+                        "its <out>/<algo>/ours.json): compared with ours like the reference, the noise floor")
     p.add_argument("--note", default=common.CONTENTION_NOTE, help="free text stored in the JSON")
     args = p.parse_args(argv)
     setting = QUICK if args.quick else FULL
@@ -269,20 +272,32 @@ def compare(ref: dict, ours: dict) -> dict:
                   "max_abs_diff": max(abs(v) for v in d), "n": len(d)}
     out["best_test_acc_diff"] = ours["best"]["test_acc"] - ref["best"]["test_acc"]
     out["last_test_acc_diff"] = ours["test_acc"][-1] - ref["test_acc"][-1]
+    # test difference in each third of the evaluations: early noise vs a late, steady gap
+    d, steps = [o - r for o, r in zip(ours["test_acc"], ref["test_acc"])], ref["steps"]
+    cuts = [round(i * len(d) / 3) for i in range(4)]
+    out["test_acc_by_third"] = [{"steps": [steps[a], steps[b - 1]], "mean_diff": statistics.fmean(d[a:b]),
+                                 "sd_diff": statistics.stdev(d[a:b]) if b - a > 1 else 0.0,
+                                 "positive": sum(v > 0 for v in d[a:b]), "n": b - a}
+                                for a, b in zip(cuts, cuts[1:]) if b > a]
     return out
 
 
-def side_by_side(algo: str, ref: dict, ours: dict, cmp: dict) -> str:
+def side_by_side(algo: str, ref: dict, ours: dict, cmp: dict, ref_label: str = "reference (official PyTorch)") -> str:
+    """Both curves, the differences' mean and sd overall and by third, and each side's best-val test."""
     rows = [{"step": s, "ref val": ref["val_acc"][i], "ours val": ours["val_acc"][i],
              "ref test": ref["test_acc"][i], "ours test": ours["test_acc"][i],
              "test diff": ours["test_acc"][i] - ref["test_acc"][i]}
             for i, s in enumerate(ref["steps"])]
-    t = common.table(rows, title=f"\n{algo}: pooled accuracy, reference (official PyTorch) vs ours (JAX), same draws")
+    t = common.table(rows, title=f"\n{algo}: pooled accuracy, {ref_label} vs ours (JAX), same draws")
+    name = ref_label.split(" (")[0]
     for k in (k for k in ("test_acc", "val_acc") if k in cmp):
         c = cmp[k]
-        t += (f"\n{k} difference (ours - reference) over {c['n']} evaluations: mean {c['mean_diff']:+.4f}, "
+        t += (f"\n{k} difference (ours - {name}) over {c['n']} evaluations: mean {c['mean_diff']:+.4f}, "
               f"sd {c['sd_diff']:.4f}, max |diff| {c['max_abs_diff']:.4f}")
-    for side, r in (("reference", ref), ("ours", ours)):
+    t += "\ntest difference by third of the evaluations: " + "; ".join(
+        f"steps {w['steps'][0]}-{w['steps'][1]}: {w['mean_diff']:+.4f} (sd {w['sd_diff']:.4f}, {w['positive']}/{w['n']} > 0)"
+        for w in cmp["test_acc_by_third"])
+    for side, r in ((name, ref), ("ours", ours)):
         b = r["best"]
         t += (f"\n{side:>9}: best val {b['val_acc']:.4f} at step {b['step']} -> test {b['test_acc']:.4f} "
               f"(per client min {b['test_min']:.3f} max {b['test_max']:.3f} std {b['test_std']:.3f}); "
@@ -328,6 +343,21 @@ def merged(path: Path, record: dict) -> dict:
     return {**record, "algos": {**old.get("algos", {}), **record["algos"]}}
 
 
+def reused_ours(out: Path, algo: str, json_path: Path, dump: Path) -> dict:
+    """Our curve from an earlier invocation: `<out>/<algo>/ours.json` (--skip-reference), else the
+    entry of a full run in `<out>/reference_parity.json` (which replayed the reference's own dump)."""
+    path = out / algo / "ours.json"
+    if path.is_file():
+        ours = json.loads(path.read_text())
+        if Path(ours.pop("dump")) != dump.resolve():
+            sys.exit(f"--reuse-ours: {path} replayed another dump; give it as --dump")
+        return ours
+    try:
+        return json.loads(json_path.read_text())["algos"][algo]["ours"]
+    except (OSError, ValueError, KeyError):
+        sys.exit(f"--reuse-ours: neither {path} nor an entry for {algo} in {json_path}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -358,13 +388,18 @@ def main(argv=None) -> None:
         if dump != ref_dir / "dump.npz" and not same_draws(dump, ref_dir / "dump.npz"):
             sys.exit(f"--dump {dump}: its draws differ from the reference's {ref_dir / 'dump.npz'}; not comparable")
         if args.reuse_ours:
-            ours = json.loads((args.out / algo / "ours.json").read_text())
-            if Path(ours.pop("dump")) != dump.resolve():
-                sys.exit(f"--reuse-ours: {args.out / algo / 'ours.json'} replayed another dump; give it as --dump")
+            ours = reused_ours(args.out, algo, json_path, dump)
         if not args.skip_ours:
             ours = ours if args.reuse_ours else run_ours(args, algo, dump)
             entry.update(ours=ours, compare=compare(ref, ours))
             print(side_by_side(algo, ref, ours, entry["compare"]), flush=True)
+            if args.noise_from:
+                other = json.loads(Path(args.noise_from).read_text())
+                if other["steps"] != ours["steps"] or Path(other.pop("dump")) != dump.resolve():
+                    sys.exit(f"--noise-from {args.noise_from}: not a replay of {dump} at the same steps")
+                entry["noise"] = {"ours_json": str(Path(args.noise_from).resolve()), "compare": compare(other, ours)}
+                print(side_by_side(algo, other, ours, entry["noise"]["compare"],
+                                   "ours with another batch seed (the noise floor)"), flush=True)
         record["algos"][algo] = entry
         record = merged(json_path, record)
         common.write_json(json_path, record)
