@@ -168,8 +168,8 @@ def main(argv=None) -> dict:
     return record
 
 
-COLUMNS = ("strategy", "clients_per_step", "matmul_precision", "conv_impl", "compile_s", "outer_step_s", "local_steps_per_s",
-           "client_updates_per_s", "local_steps_per_cpu_s")
+COLUMNS = ("strategy", "clients_per_step", "matmul_precision", "conv_impl", "compile_s", "outer_step_s",
+           "local_steps_per_s", "client_updates_per_s", "local_steps_per_cpu_s")
 
 if __name__ == "__main__":
     main()

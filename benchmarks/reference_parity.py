@@ -295,7 +295,8 @@ def side_by_side(algo: str, ref: dict, ours: dict, cmp: dict, ref_label: str = "
         t += (f"\n{k} difference (ours - {name}) over {c['n']} evaluations: mean {c['mean_diff']:+.4f}, "
               f"sd {c['sd_diff']:.4f}, max |diff| {c['max_abs_diff']:.4f}")
     t += "\ntest difference by third of the evaluations: " + "; ".join(
-        f"steps {w['steps'][0]}-{w['steps'][1]}: {w['mean_diff']:+.4f} (sd {w['sd_diff']:.4f}, {w['positive']}/{w['n']} > 0)"
+        f"steps {w['steps'][0]}-{w['steps'][1]}: {w['mean_diff']:+.4f} (sd {w['sd_diff']:.4f}, "
+        f"{w['positive']}/{w['n']} > 0)"
         for w in cmp["test_acc_by_third"])
     for side, r in ((name, ref), ("ours", ours)):
         b = r["best"]

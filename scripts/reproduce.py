@@ -33,7 +33,8 @@ from pfedhn_jax.paper import SEEDS
 # Config fields passed through unchanged to every cell (flag --x-y for field x_y).
 PASSTHROUGH = {"inner_steps": int, "batch_size": int, "eval_every": int, "clients_per_step": int,
                "val_size": int, "image_size": int, "data_source": str, "strategy": str, "conv_impl": str,
-               "compute_dtype": str, "matmul_precision": str, "checkpoint_every": int, "n_kernels": int, "hyper_hid": int}
+               "compute_dtype": str, "matmul_precision": str, "checkpoint_every": int, "n_kernels": int,
+               "hyper_hid": int}
 
 
 def parser() -> argparse.ArgumentParser:
