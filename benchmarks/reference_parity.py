@@ -28,6 +28,11 @@ The two sides can run at the same time, on separate cores: `--skip-ours` runs th
 `--skip-reference --dump D` runs ours on the draws in D, made before the reference finishes by
 benchmarks/predict_reference_draws.py; a last call with `--reuse-ours` compares them, and refuses
 unless D holds exactly the arrays the reference dumped.
+
+The noise floor: `--skip-reference --dump D --seed S2 --out O2` replays the same draws with other
+batch draws; then `--reuse-ours --noise-from O2/<algo>/ours.json` compares that run with ours
+exactly as ours with the reference (overall and by third of the evaluations). A gap to the
+reference well beyond the gap between our own replays is not batch-draw noise.
 """
 
 from __future__ import annotations
