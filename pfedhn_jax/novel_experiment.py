@@ -69,16 +69,16 @@ def _log(msg: str) -> None:
 def run(args: NovelExperiment, log: Callable[[str], None] = _log) -> dict:
     """Split, train pFedHN, fit the novel embeddings, train and fine-tune the FedAvg baseline, evaluate;
     returns the results (the schema of novel.json: per novel client "novel", per α "by_alpha", ...).
-    Every program is traced at the library's default matmul precision (`builders.matmul_precision`)."""
-    with matmul_precision(Config()):
-        return _run(args, log)
-
-
-def _run(args: NovelExperiment, log: Callable[[str], None]) -> dict:
+    Every program is traced at the run config's matmul precision (`builders.matmul_precision`)."""
     t_start = time.perf_counter()
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients, num_steps=args.steps,
                  inner_steps=args.inner_steps, batch_size=args.batch_size, n_kernels=args.n_kernels,
                  hyper_hid=args.hyper_hid, n_hidden=args.n_hidden, seed=args.seed).validate()
+    with matmul_precision(cfg):
+        return _run(args, cfg, t_start, log)
+
+
+def _run(args: NovelExperiment, cfg: Config, t_start: float, log: Callable[[str], None]) -> dict:
     info = INFOS[args.dataset]
 
     log(f"loading {args.dataset} ...")

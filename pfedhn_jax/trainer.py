@@ -162,10 +162,14 @@ class Trainer:
         lrs = [self.alg.lr] * len(seeds) if lrs is None else lrs
         return self._init(key_data, np.asarray(lrs, np.float32))
 
+    def _client_ids(self, with_client_ids: bool) -> jax.Array | None:
+        """The shape of replayed clients (R, C) for tracing, or None (the step samples them)."""
+        return jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
+
     def lower(self, state: TrainState, with_client_ids: bool = False) -> tuple[jax.stages.Lowered, jax.stages.Lowered]:
         """The step (for sampled clients, or for given ones when replaying) and the evaluation,
         traced and lowered for these shapes; `.as_text()` shows a program, `.compile()` builds it."""
-        ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
+        ids = self._client_ids(with_client_ids)
         step, ev = self._jitted
         return step.lower(self.data, state, ids), ev.lower(self.data, state)
 
@@ -174,7 +178,7 @@ class Trainer:
         same algorithm, precision, mesh and shapes in this process reuses the executables (a grid,
         a resumed run, tests)."""
         t0 = time.perf_counter()
-        ids = jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
+        ids = self._client_ids(with_client_ids)
         avals = jax.tree.map(lambda a: (a.shape, a.dtype, getattr(a, "sharding", None)), (self.data, state, ids))
         with matmul_precision(self.cfg):  # the precision the programs are traced at
             precision = jax.default_matmul_precision.value

@@ -48,9 +48,14 @@ TINY_RUN = dict(num_clients=4, val_size=600, inner_steps=2, batch_size=8, n_kern
                 algo="pfedhn-pc", seed=5)
 
 
+def cli_flags(**kw) -> list[str]:
+    """Config fields as scripts/train.py flags: cli_flags(num_steps=3) -> ['--num-steps', '3']."""
+    return [a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
 def tiny_flags(**kw) -> list[str]:
     """TINY_RUN, updated by kw, as scripts/train.py flags."""
-    return [a for k, v in {**TINY_RUN, **kw}.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    return cli_flags(**{**TINY_RUN, **kw})
 
 
 def xla_env(cpu_devices: int | None = None) -> dict[str, str]:

@@ -110,8 +110,6 @@ def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_pat
 def test_vmapped_and_run_by_run_groups_agree(fake_dir):
     """Both ways to run a group (run by run: CPU's default; vmapped: accelerators') step and
     evaluate to the same numbers; the single-run tests above cover the default way."""
-    from pfedhn_jax.builders import load_group_data
-    from pfedhn_jax.trainer import Trainer
     cfg = tiny(fake_dir, None)
     data, _, _ = load_group_data(cfg, SEEDS)
     by_run, vmapped = (Trainer(cfg, data, len(SEEDS), by_run=b) for b in (True, False))
@@ -156,10 +154,8 @@ DEVICES_SCRIPT = """
 import dataclasses, json, sys
 import jax, numpy as np
 from pfedhn_jax.builders import load_group_data
-from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
-from pfedhn_jax.trainer import Trainer
 from pfedhn_jax.trainer import Trainer, device_mesh
 cfg, ccfg, seeds = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.argv[3])), json.loads(sys.argv[2])
 save = lambda name, params: np.savez(f"{sys.argv[5]}/{name}.npz", **{str(i): np.asarray(x) for i, x in

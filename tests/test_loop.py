@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_RUN, production_env
+from conftest import ROOT, TINY_RUN, cli_flags, production_env
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import is_eval_step, train
 
@@ -48,8 +48,7 @@ def test_short_run_learns(data_dir, tmp_path):  # the whole file: a 3000-image s
     # 1, 0.75 at 80; the paper's sizes: 0.12, 0.79, 1.5x the time)
     flags = dict(data_dir=data_dir, num_clients=5, num_steps=80, inner_steps=10, eval_every=79, val_size=1000,
                  n_kernels=8, hyper_hid=32, n_hidden=1, seed=0, out=tmp_path / "run")
-    argv = [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *argv, "--no-progress"],
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *cli_flags(**flags), "--no-progress"],
                        capture_output=True, text=True, env=production_env(), cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((tmp_path / "run" / "results.json").read_text())
