@@ -39,8 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--inner-steps", type=int, default=50, help="K local steps per client (reference: 50)")
     p.add_argument("--num-clients", type=int, default=None,
                    help="N of the federated split (default: max(50, largest C); the reference uses 50)")
-    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "nhwc_vjp", "im2col"),
-                   help="auto: per backend and strategy (pfedhn_jax.builders.resolve_conv_impl)")
+    p.add_argument("--conv-impl", type=common.choices_list(("auto", "xla", "nhwc_vjp", "im2col")), default=["auto"],
+                   help="comma list from auto, xla, nhwc_vjp, im2col; auto: per backend and strategy "
+                        "(pfedhn_jax.builders.resolve_conv_impl)")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the local loop")
     common.add_matmul_precision(p, many=True)
@@ -85,12 +86,15 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    lines = dict.fromkeys((r["strategy"], r["matmul_precision"]) for r in rows)
-    for s, precision in lines:
+    key = lambda r: (r["strategy"], r["matmul_precision"], r["conv"])  # noqa: E731
+    lines = dict.fromkeys(map(key, rows))
+    varies = [len({line[i] for line in lines}) > 1 for i in range(3)]
+    for line in lines:
         pts = [(r["clients_per_step"], r["local_steps_per_s"]) for r in rows
-               if (r["strategy"], r["matmul_precision"]) == (s, precision) and r.get("local_steps_per_s")]
+               if key(r) == line and r.get("local_steps_per_s")]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=s if len({p for _, p in lines}) == 1 else f"{s}, {precision}")
+            label = ", ".join(v for v, show in zip(line, varies) if show) or line[0]
+            ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xscale("log", base=2)
     ticks = sorted({r["clients_per_step"] for r in rows})
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -118,21 +122,22 @@ def main(argv=None) -> dict:
     if args.num_clients is None:
         args.num_clients = max(50, *cps_list)
     base = Config(data_dir=args.data_dir, num_clients=args.num_clients, inner_steps=args.inner_steps,
-                  conv_impl=args.conv_impl, compute_dtype=args.compute_dtype, unroll=args.unroll)
+                  compute_dtype=args.compute_dtype, unroll=args.unroll)
     precisions = args.matmul_precision
+    convs = args.conv_impl
     with common.Timer() as t_data:
         data, _, desc = load_data(base.validate())
     record = {"benchmark": "client_throughput", "command": common.cmdline(), "environment": env,
               "note": args.note, "data": {"source": desc["source"], "label": desc["label"], "load_s": t_data.s},
               "settings": {"devices": len(jax.devices()), "inner_steps": args.inner_steps, "batch_size": base.batch_size,
-                           "num_clients": args.num_clients, "conv_impl": args.conv_impl,
+                           "num_clients": args.num_clients, "conv_impls": convs,
                            "compute_dtype": args.compute_dtype, "unroll": args.unroll,
                            "matmul_precisions": precisions,
                            "repeats": args.repeats, "warmup": args.warmup},
               "rows": []}
     rows = record["rows"]
-    for precision, s, c in itertools.product(precisions, strategies, cps_list):
-        row = {"strategy": s, "clients_per_step": c, "matmul_precision": precision}
+    for precision, conv, s, c in itertools.product(precisions, convs, strategies, cps_list):
+        row = {"strategy": s, "clients_per_step": c, "matmul_precision": precision, "conv": conv}
         if c > args.num_clients:
             row["skipped"] = f"C > num_clients {args.num_clients}"
         elif s == "loop" and c > args.max_loop_cps:
@@ -142,7 +147,7 @@ def main(argv=None) -> dict:
         else:
             strategy = "vmap" if s == "sharded" else s
             cfg = Config(**{**base.to_dict(), "clients_per_step": c, "strategy": strategy,
-                            "matmul_precision": precision}).validate()
+                            "matmul_precision": precision, "conv_impl": conv}).validate()
             try:
                 row.update(measure(cfg, data, args.repeats, args.warmup, sharded=s == "sharded"))
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at large C: record, go on
@@ -153,7 +158,7 @@ def main(argv=None) -> dict:
         common.write_json(args.out, record)  # partial results survive a timeout
     print()
     print(common.table(rows, COLUMNS, title=f"client_throughput ({env['backend']}, {env['device_kind']}, "
-                                              f"K={args.inner_steps}, conv={rows[0].get('conv_impl', args.conv_impl)}; "
+                                              f"K={args.inner_steps}; "
                                               f"median of {args.repeats})"))
     for r in rows:
         if "error" in r or "skipped" in r:

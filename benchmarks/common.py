@@ -188,17 +188,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return p
 
 
+def choices_list(choices: tuple[str, ...], many: bool = True):
+    """An argparse `type`: a comma list of `choices` (`many`) or exactly one of them, with one clear
+    error naming the choices."""
+    def parse(text: str):
+        values = parse_strs(text)
+        if not values or any(v not in choices for v in values) or (len(values) > 1 and not many):
+            raise argparse.ArgumentTypeError(f"expected {'a comma list from' if many else 'one of'} "
+                                             f"{', '.join(choices)}; got '{text}'")
+        return values if many else values[0]
+    return parse
+
+
 def add_matmul_precision(p: argparse.ArgumentParser, many: bool = False) -> None:
     """--matmul-precision, as scripts/train.py's (float32 unless asked; it changes speed and numbers
     only off CPU); `many`: a comma list, parsed to a list."""
-    def parse(text: str):
-        from pfedhn_jax.config import MATMUL_PRECISIONS
-        values = parse_strs(text)
-        if not values or any(v not in MATMUL_PRECISIONS for v in values) or (len(values) > 1 and not many):
-            raise argparse.ArgumentTypeError(f"expected {'a comma list from' if many else 'one of'} "
-                                             f"{', '.join(MATMUL_PRECISIONS)}; got '{text}'")
-        return values if many else values[0]
-    p.add_argument("--matmul-precision", type=parse, default=["float32"] if many else "float32",
+    from pfedhn_jax.config import MATMUL_PRECISIONS  # plain Python: JAX is not imported here
+    p.add_argument("--matmul-precision", type=choices_list(MATMUL_PRECISIONS, many), default=["float32"] if many else "float32",
                    help="precision of float32 matmuls and convolutions, as scripts/train.py's: "
                         f"{'a comma list from ' if many else ''}float32, tensorfloat32, default (default: float32)")
 
