@@ -5,7 +5,11 @@ program).
 
     python benchmarks/conv_impls.py --repeats 3
 
-Prints compile s and local steps/s per (impl, clients); writes JSON. Numbers: benchmarks/RESULTS.md.
+`--freeze none,conv1` adds rows with one layer's parameters held fixed (`stop_gradient`): the
+difference is what that layer's parameter gradient costs in the step.
+
+Prints compile s and local steps/s per (impl, clients, frozen layer); writes JSON. Numbers:
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ def parse_args(argv=None):
     p.add_argument("--impls", default="xla,nhwc_vjp,im2col")
     p.add_argument("--clients", default="1,3", help="comma list: 1 = one loop, S > 1 = S loops under vmap")
     p.add_argument("--inner-steps", type=int, default=50)
+    p.add_argument("--freeze", default="none",
+                   help="comma list of layers (conv1, conv2, fc1, ...) or none: one row each, that layer's parameters fixed")
     common.add_matmul_precision(p)
     return p.parse_args(argv)
 
 
-def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precision: str) -> dict:
+def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precision: str, frozen: str = "none") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -45,11 +51,16 @@ def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precisio
     ys = jnp.asarray(rng.integers(0, 10, (clients, k, 64)))
     mask = jnp.ones((64,), bool)
     params = jax.vmap(target.init)(jax.random.split(jax.random.key(0), clients))
+    if frozen != "none" and frozen not in params:
+        raise SystemExit(f"--freeze: no layer '{frozen}'; the layers are {', '.join(params)}")
+
+    def fix(p):
+        return p if frozen == "none" else {**p, frozen: jax.lax.stop_gradient(p[frozen])}
 
     def local_loop(p, xs, ys):
         def step(carry, batch):
             p, s = carry
-            loss, g = jax.value_and_grad(lambda p: masked_cross_entropy(target.apply(p, batch[0]), batch[1], mask))(p)
+            loss, g = jax.value_and_grad(lambda p: masked_cross_entropy(target.apply(fix(p), batch[0]), batch[1], mask))(p)
             u, s = opt.update(g, s, p)
             return (optax.apply_updates(p, u), s), loss
         (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), (xs, ys))
@@ -61,7 +72,7 @@ def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precisio
                        compiler_options=compiler_options()).lower(params, xs, ys).compile()
     compile_s = time.perf_counter() - t0
     t = common.median_time(lambda: compiled(params, xs, ys), repeats, warmup, jax.block_until_ready)
-    return {"impl": impl, "clients": clients, "compile_s": compile_s, "loop_s": t["median_s"],
+    return {"impl": impl, "clients": clients, "frozen": frozen, "compile_s": compile_s, "loop_s": t["median_s"],
             "local_steps_per_s": clients * k / t["median_s"], "cpu_per_wall": t["cpu_median_s"] / t["median_s"],
             "timing": t}
 
@@ -73,14 +84,17 @@ def main(argv=None) -> None:
     rows = []
     for clients in common.parse_ints(args.clients):
         for impl in common.parse_strs(args.impls):
-            rows.append(measure(impl, clients, args.inner_steps, args.repeats, args.warmup, args.matmul_precision))
-            print(common.table(rows[-1:], ("impl", "clients", "compile_s", "loop_s", "local_steps_per_s",
-                                           "cpu_per_wall")), flush=True)
-    print(common.table(rows, ("impl", "clients", "compile_s", "loop_s", "local_steps_per_s", "cpu_per_wall"),
+            for frozen in common.parse_strs(args.freeze):
+                rows.append(measure(impl, clients, args.inner_steps, args.repeats, args.warmup,
+                                    args.matmul_precision, frozen))
+                print(common.table(rows[-1:], COLUMNS), flush=True)
+    print(common.table(rows, COLUMNS,
                        title=f"K = {args.inner_steps} local steps per client, batch 64; median of {args.repeats}"))
     common.finish(args.out, {"cmdline": common.cmdline(), "environment": env, "note": args.note,
                              "settings": vars(args), "rows": rows})
 
+
+COLUMNS = ("impl", "clients", "frozen", "compile_s", "loop_s", "local_steps_per_s", "cpu_per_wall")
 
 if __name__ == "__main__":
     main()
