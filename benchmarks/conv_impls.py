@@ -51,8 +51,6 @@ def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precisio
     ys = jnp.asarray(rng.integers(0, 10, (clients, k, 64)))
     mask = jnp.ones((64,), bool)
     params = jax.vmap(target.init)(jax.random.split(jax.random.key(0), clients))
-    if frozen != "none" and frozen not in params:
-        raise SystemExit(f"--freeze: no layer '{frozen}'; the layers are {', '.join(params)}")
 
     def fix(p):
         return p if frozen == "none" else {**p, frozen: jax.lax.stop_gradient(p[frozen])}
@@ -81,6 +79,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     env = common.environment()
     common.print_env(env)
+    import jax
+    from pfedhn_jax.targets import cifar_cnn
+    layers = list(jax.eval_shape(cifar_cnn().init, jax.random.key(0)))
+    bad = [f for f in common.parse_strs(args.freeze) if f != "none" and f not in layers]
+    if bad:
+        raise SystemExit(f"--freeze: no layer {', '.join(bad)}; the layers are {', '.join(layers)} (or none)")
     rows = []
     for clients in common.parse_ints(args.clients):
         for impl in common.parse_strs(args.impls):
