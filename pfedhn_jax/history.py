@@ -219,11 +219,13 @@ class Group:
                         for i, l, d in zip(p["client_ids"], p["loss"], p["delta_norm"])]
 
     def write(self, status: str) -> None:
-        """results.json of every run (and the group summary); only process 0 writes."""
+        """Set every run's status, and write results.json of every run (and the group summary);
+        only process 0 writes, but every process's results carry the status it returns."""
+        for rec in self.records:
+            rec.results["status"] = status
         if not is_main():
             return
         for rec, d in zip(self.records, self.run_dirs):
-            rec.results["status"] = status
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
                 rio.write_json(d / "results.json", rec.results)

@@ -1,6 +1,7 @@
 """Several processes: two processes under jax.distributed on localhost (gloo CPU collectives), one
-CPU device each, train two seeds sharded over them and get the numbers of one process; only
-process 0 writes results. Also the --cpu-devices / multi-host flag checks."""
+CPU device each, train two seeds sharded over them, stop at a checkpoint, resume from it in a new
+pair of processes, and get the numbers of one process run straight through; only process 0 writes
+results. Also the --cpu-devices / multi-host flag checks."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ import jax
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train_seeds
 cfg = Config(**json.loads(sys.argv[4]), out=sys.argv[1])
-g = train_seeds(cfg, [5, 6], progress=False)
-print("RESULT " + json.dumps({"process": jax.process_index(), "devices": len(jax.devices()),
+stop_at = json.loads(sys.argv[5])
+g = train_seeds(cfg, [5, 6], progress=False, stop_at=stop_at)
+print("RESULT " + json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "status": [r["status"] for r in g["runs"]],
+                              "resumed": [r.get("resumed") for r in g["runs"]],
                               "curves": [r["curves"] for r in g["runs"]]}))
 """
 CFG = dict(TINY_RUN, num_steps=4, eval_every=2, checkpoint_every=4)  # one process: test_group's 2-seed program
@@ -36,15 +39,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(small_cifar_dir, tmp_path):
-    data_dir = small_cifar_dir  # real images, a small file every process reads fast
-    from pfedhn_jax.config import Config
-    from pfedhn_jax.loop import train_seeds
-    one = train_seeds(Config(data_dir=str(data_dir), out=None, **CFG), [5, 6], progress=False)
-    cfg = json.dumps({**CFG, "data_dir": str(data_dir)})
+def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
+    """Run SCRIPT as processes 0 and 1 of one jax.distributed job; their RESULT dicts."""
     addr = f"127.0.0.1:{free_port()}"
     env = xla_env()  # one CPU device per process
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "out"), addr, str(i), cfg],
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), addr, str(i), cfg, json.dumps(stop_at)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -52,6 +51,20 @@ def test_two_processes_equal_one(small_cifar_dir, tmp_path):
         assert p.returncode == 0, e[-3000:]
     got = [json.loads(next(line[7:] for line in o.splitlines() if line.startswith("RESULT "))) for o, _ in outs]
     assert sorted(g["process"] for g in got) == [0, 1] and all(g["devices"] == 2 for g in got)
+    return got
+
+
+def test_two_processes_stop_resume_equal_one(small_cifar_dir, tmp_path):
+    data_dir = small_cifar_dir  # real images, a small file every process reads fast
+    from pfedhn_jax.config import Config
+    from pfedhn_jax.loop import train_seeds
+    one = train_seeds(Config(data_dir=str(data_dir), out=None, **CFG), [5, 6], progress=False)
+    cfg = json.dumps({**CFG, "data_dir": str(data_dir)})
+    out = tmp_path / "out"
+    first = two_processes(out, cfg, stop_at=2)  # a checkpoint at step 2, written by both processes
+    assert all(g["status"] == ["paused"] * 2 for g in first)  # on process 1 too, which writes nothing
+    got = two_processes(out, cfg, stop_at=None)  # a new job resumes from it
+    assert all(g["status"] == ["finished"] * 2 and all(r[0]["at_step"] == 2 for r in g["resumed"]) for g in got)
     for g in got:
         for mine, ref in zip(g["curves"], one["runs"]):
             for a, b in zip(mine, ref["curves"]):
@@ -59,7 +72,6 @@ def test_two_processes_equal_one(small_cifar_dir, tmp_path):
                     assert a[k] == pytest.approx(b[k], abs=1e-6)
                 for k in ("train_loss", "val_loss", "test_loss"):
                     assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)
-    out = tmp_path / "out"
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "seed-5", "seed-6", "summary.json", "summary.md"]
 
