@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # files go first, so none of them starts last and keeps one worker busy alone at the end
 # (order by measured time per file, `pytest --durations=0`, 2-core CPU).
 SLOWEST_FIRST = ("test_group.py", "test_flax_targets.py", "test_hetero.py", "test_examples.py", "test_server.py",
-                 "test_resume.py", "test_novel.py", "test_loop.py", "test_client.py", "test_reproduce.py", "test_pc.py",
-                 "test_checkpoint.py", "test_distributed.py", "test_targets.py", "test_signals.py", "test_draws.py",
-                 "test_hypernet.py", "test_replay.py")
+                 "test_resume.py", "test_novel.py", "test_loop.py", "test_distributed.py", "test_client.py",
+                 "test_reproduce.py", "test_pc.py", "test_checkpoint.py", "test_targets.py", "test_signals.py",
+                 "test_draws.py", "test_hypernet.py", "test_replay.py")
 
 
 def pytest_collection_modifyitems(items):
