@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pfedhn_jax.errors import UserError
 
@@ -70,3 +71,40 @@ def is_main() -> bool:
         return True
     import jax
     return jax.process_index() == 0
+
+
+def check_shared_folder(folder: str | os.PathLike, flag: str = "--out") -> None:
+    """In a multi-process job, refuse a folder that is not one folder for every process.
+
+    Only process 0 writes results, but every process reads the folder (to resume, or to see that
+    the run is finished) and orbax writes each process's checkpoint shards into it, so each host
+    must mount the same folder. Process 0 writes a token there; every process must read it back.
+    Also a barrier: no process goes on before process 0 has prepared the folder (--overwrite).
+    A no-op in a single process.
+    """
+    import jax
+    if jax.process_count() == 1:
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    path = Path(folder)
+    nonce = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(1, 2**31 - 1))))
+    token = path / f".pfedhn-shared-{nonce}"
+    created = False
+    if is_main():
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        token.write_text(str(nonce))
+    multihost_utils.sync_global_devices("pfedhn_jax: shared folder token written")
+    seen = token.is_file() and token.read_text() == str(nonce)
+    seen_by = np.asarray(multihost_utils.process_allgather(np.asarray(seen)))
+    if is_main():
+        token.unlink()
+        if created and not seen_by.all():
+            path.rmdir()
+    if not seen_by.all():
+        missing = ", ".join(str(i) for i in np.flatnonzero(~seen_by))
+        raise UserError(f"{flag}: {path} is not one folder shared by every process: process(es) {missing} "
+                        "cannot see what process 0 wrote there; put it on a filesystem every host mounts "
+                        "(NFS, or a bucket mounted with gcsfuse)")

@@ -24,7 +24,7 @@ from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.registry import spec, validate
-from pfedhn_jax.distributed import is_main
+from pfedhn_jax.distributed import check_shared_folder, is_main
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 from pfedhn_jax.history import Group, RunRecord, check_finite, communication, summarize_group
 from pfedhn_jax.resume import finished_results, open_checkpoints
@@ -117,6 +117,8 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
             rio.prepare_output_dir(str(d), True, False)
         for name in ("summary.json", "summary.md"):
             (group.out / name).unlink(missing_ok=True)
+    if group.out is not None:
+        check_shared_folder(group.out)  # several processes: one --out for all, prepared by process 0
     done = finished_results(group)
     if done is not None:
         log(f"{group.out} holds a finished run of this config: results in "

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import UserError
 
 RUN_FILES = ("results.json", "curves.png", "checkpoints", "tensorboard")  # what a run writes into --out
@@ -24,7 +25,9 @@ def prepare_output_dir(out: str | None, overwrite: bool, resume: bool) -> Path |
     """Decide what to do with --out before anything expensive: start, resume, or refuse.
 
     A folder holding a checkpoint resumes (the loop then checks that the config matches); any other
-    non-empty folder is refused unless --overwrite, which deletes only what a run writes (RUN_FILES).
+    non-empty folder is refused unless --overwrite, which deletes only what a run writes (RUN_FILES);
+    in a multi-process job process 0 deletes, and the others wait for it at
+    `distributed.check_shared_folder`.
     """
     if out is None:
         if resume:
@@ -36,7 +39,7 @@ def prepare_output_dir(out: str | None, overwrite: bool, resume: bool) -> Path |
     if overwrite:
         if resume:
             raise UserError("--resume and --overwrite contradict each other; pass one of them")
-        for name in RUN_FILES:
+        for name in RUN_FILES if is_main() else ():
             f = p / name
             shutil.rmtree(f) if f.is_dir() else f.unlink(missing_ok=True)
         return p

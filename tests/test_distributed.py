@@ -39,17 +39,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
-    """Run SCRIPT as processes 0 and 1 of one jax.distributed job; their RESULT dicts."""
+def launch(outs: list, cfg: str, stop_at: int | None) -> list[tuple[int, str, str]]:
+    """Run SCRIPT as processes 0 and 1 of one jax.distributed job, process i writing to outs[i];
+    their (return code, stdout, stderr)."""
     addr = f"127.0.0.1:{free_port()}"
     env = xla_env()  # one CPU device per process
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), addr, str(i), cfg, json.dumps(stop_at)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
-    got = [json.loads(next(line[7:] for line in o.splitlines() if line.startswith("RESULT "))) for o, _ in outs]
+             for i, out in enumerate(outs)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:  # a hung job (e.g. processes waiting on each other) must not outlive the test
+        for p in procs:
+            p.kill()
+    return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+
+
+def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
+    """Processes 0 and 1 of one job, both writing to `out`; their RESULT dicts."""
+    results = launch([out, out], cfg, stop_at)
+    for rc, _, e in results:
+        assert rc == 0, e[-3000:]
+    got = [json.loads(next(line[7:] for line in o.splitlines() if line.startswith("RESULT "))) for _, o, _ in results]
     assert sorted(g["process"] for g in got) == [0, 1] and all(g["devices"] == 2 for g in got)
     return got
 
@@ -84,3 +95,14 @@ def test_flag_checks():
     with pytest.raises(UserError, match="^--process-id"):
         distributed.initialize("localhost:1234", 2, 2)
     assert distributed.initialize() is False and distributed.is_main()
+
+
+def test_an_out_folder_the_processes_do_not_share_is_refused(small_cifar_dir, tmp_path):
+    """Two hosts with their own disks: the same --out names two folders. Both processes stop with one
+    line before loading data, and process 0 leaves no folder behind."""
+    cfg = json.dumps({**CFG, "data_dir": str(small_cifar_dir)})
+    got = launch([tmp_path / "host0" / "out", tmp_path / "host1" / "out"], cfg, None)
+    for rc, o, e in got:
+        assert rc != 0 and "UserError: --out:" in e and "not one folder shared by every process: process(es) 1 " in e
+        assert "loading" not in o + e
+    assert not (tmp_path / "host0" / "out").exists()
