@@ -28,7 +28,7 @@ from pfedhn_jax.distributed import check_shared_folder, is_main
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 from pfedhn_jax.history import Group, RunRecord, check_finite, communication, summarize_group
 from pfedhn_jax.resume import finished_results, open_checkpoints
-from pfedhn_jax.signals import check_start, log, stop_requests
+from pfedhn_jax.signals import check_start, log, stop_now, stop_requests
 from pfedhn_jax.trainer import Trainer, device_mesh, padded_size
 
 
@@ -206,7 +206,8 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
         t_seg = time.perf_counter()
         last = cfg.num_steps if stop_at is None else min(stop_at, cfg.num_steps)
         previous = None
-        while step < last and stop["signal"] is None:
+        stopping = False  # the processes' common decision (signals.stop_now), not this process's alone
+        while step < last and not (stopping := stop_now(stop)):
             ids = None if client_order is None else client_order[step]
             state, metrics = trainer.step(state, ids)
             if previous is not None:  # at most two steps in flight: a stop is honoured within one step
@@ -228,7 +229,7 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
                 add_time(time.perf_counter() - t_seg)
                 checkpoint()
                 t_seg = time.perf_counter()
-        if stop["signal"] is not None and step < cfg.num_steps:
+        if stopping:
             jax.block_until_ready(state)
             checkpoint()
             group.write("interrupted")

@@ -45,8 +45,28 @@ def stop_requests():
             signal.signal(s, h)
 
 
+def stop_now(stop: dict) -> bool:
+    """Whether a stop was requested. In a multi-process job the processes agree: each call shares
+    every process's request (one small all-gather), so all stop at the same point and save one
+    checkpoint together, even when a signal reached only some of them. Every process must call it
+    at the same points (the loop calls it once per outer step)."""
+    if "jax" not in sys.modules:
+        return stop["signal"] is not None
+    import jax
+    if jax.process_count() == 1:
+        return stop["signal"] is not None
+    import numpy as np
+    from jax.experimental import multihost_utils
+    mine = signal.Signals[stop["signal"]].value if stop["signal"] else 0
+    code = int(np.max(multihost_utils.process_allgather(np.int32(mine))))
+    if code and stop["signal"] is None:
+        stop["signal"] = signal.Signals(code).name
+        log(f"\n{stop['signal']} received by another process: stopping at the next safe point")
+    return code != 0
+
+
 def check_start(stop: dict, phase: str) -> None:
     """Before training starts nothing needs saving: a stop request ends the run here."""
-    if stop["signal"] is not None:
+    if stop_now(stop):
         raise Interrupted(stop["signal"], f"interrupted by {stop['signal']} during start-up ({phase}); "
                                           "nothing was written")

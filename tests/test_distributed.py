@@ -6,14 +6,17 @@ results. Also the --cpu-devices / multi-host flag checks."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import ROOT, TINY_RUN, xla_env
 from pfedhn_jax import distributed
+from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.errors import UserError
 
 SCRIPT = """
@@ -24,8 +27,13 @@ import jax
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train_seeds
 cfg = Config(**json.loads(sys.argv[4]), out=sys.argv[1])
+from pfedhn_jax.errors import Interrupted
 stop_at = json.loads(sys.argv[5])
-g = train_seeds(cfg, [5, 6], progress=False, stop_at=stop_at)
+try:
+    g = train_seeds(cfg, [5, 6], progress=False, stop_at=stop_at)
+except Interrupted as e:
+    print("RESULT " + json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "interrupted": e.signal}))
+    sys.exit(0)
 print("RESULT " + json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "status": [r["status"] for r in g["runs"]],
                               "resumed": [r.get("resumed") for r in g["runs"]],
                               "curves": [r["curves"] for r in g["runs"]]}))
@@ -39,30 +47,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(outs: list, cfg: str, stop_at: int | None) -> list[tuple[int, str, str]]:
-    """Run SCRIPT as processes 0 and 1 of one jax.distributed job, process i writing to outs[i];
-    their (return code, stdout, stderr)."""
+def start(outs: list, cfg: str, stop_at: int | None) -> list[subprocess.Popen]:
+    """SCRIPT as processes 0 and 1 of one jax.distributed job, process i writing to outs[i]."""
     addr = f"127.0.0.1:{free_port()}"
     env = xla_env()  # one CPU device per process
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), addr, str(i), cfg, json.dumps(stop_at)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-             for i, out in enumerate(outs)]
+    return [subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), addr, str(i), cfg, json.dumps(stop_at)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+            for i, out in enumerate(outs)]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str, str]]:
+    """Each process's (return code, stdout, stderr), once all have ended."""
     try:
-        outs = [p.communicate(timeout=300) for p in procs]
+        outs = [p.communicate(timeout=timeout) for p in procs]
     finally:  # a hung job (e.g. processes waiting on each other) must not outlive the test
         for p in procs:
             p.kill()
     return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
 
 
-def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
-    """Processes 0 and 1 of one job, both writing to `out`; their RESULT dicts."""
-    results = launch([out, out], cfg, stop_at)
+def launch(outs: list, cfg: str, stop_at: int | None) -> list[tuple[int, str, str]]:
+    return finish(start(outs, cfg, stop_at))
+
+
+def parse(results: list[tuple[int, str, str]]) -> list[dict]:
+    """The RESULT dicts of processes that all exited cleanly."""
     for rc, _, e in results:
         assert rc == 0, e[-3000:]
     got = [json.loads(next(line[7:] for line in o.splitlines() if line.startswith("RESULT "))) for _, o, _ in results]
     assert sorted(g["process"] for g in got) == [0, 1] and all(g["devices"] == 2 for g in got)
     return got
+
+
+def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
+    """Processes 0 and 1 of one job, both writing to `out`; their RESULT dicts."""
+    return parse(launch([out, out], cfg, stop_at))
 
 
 def test_two_processes_stop_resume_equal_one(small_cifar_dir, tmp_path):
@@ -106,3 +125,27 @@ def test_an_out_folder_the_processes_do_not_share_is_refused(small_cifar_dir, tm
         assert rc != 0 and "UserError: --out:" in e and "not one folder shared by every process: process(es) 1 " in e
         assert "loading" not in o + e
     assert not (tmp_path / "host0" / "out").exists()
+
+
+def test_a_signal_to_one_process_stops_both_at_one_checkpoint(small_cifar_dir, tmp_path):
+    """SIGTERM to process 1 only (which writes nothing): both processes stop after the same outer
+    step and save one checkpoint together (signals.stop_now), and a new job resumes from it."""
+    cfg = json.dumps({**CFG, "num_steps": 100000, "eval_every": 5, "checkpoint_every": 0,
+                      "data_dir": str(small_cifar_dir)})
+    out = tmp_path / "out"
+    procs = start([out, out], cfg, None)
+    try:
+        deadline = time.time() + 240
+        while not (out / "summary.json").is_file():  # written at the first evaluation: compiled, training
+            assert all(p.poll() is None for p in procs) and time.time() < deadline, finish(procs, 5)
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)
+    finally:
+        got = parse(finish(procs, timeout=120))
+    assert [g["interrupted"] for g in got] == ["SIGTERM", "SIGTERM"]
+    step = Checkpointer(out / "checkpoints").latest_step()
+    assert step is not None and step >= 5
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    resumed = two_processes(out, cfg, stop_at=step + 2)
+    assert all(g["status"] == ["paused"] * 2 and all(r[0]["at_step"] == step for r in g["resumed"]) for g in resumed)
+    assert Checkpointer(out / "checkpoints").latest_step() == step + 2
