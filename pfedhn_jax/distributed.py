@@ -73,6 +73,14 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
+def num_processes() -> int:
+    """Processes in this job: 1 before JAX is imported, or without `jax.distributed`."""
+    if "jax" not in sys.modules:
+        return 1
+    import jax
+    return jax.process_count()
+
+
 def check_shared_folder(folder: str | os.PathLike, flag: str = "--out") -> None:
     """In a multi-process job, refuse a folder that is not one folder for every process.
 
@@ -82,8 +90,7 @@ def check_shared_folder(folder: str | os.PathLike, flag: str = "--out") -> None:
     Also a barrier: no process goes on before process 0 has prepared the folder (--overwrite).
     A no-op in a single process.
     """
-    import jax
-    if jax.process_count() == 1:
+    if num_processes() == 1:
         return
     import numpy as np
     from jax.experimental import multihost_utils

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from pfedhn_jax.distributed import num_processes
 from pfedhn_jax.errors import Interrupted
 
 
@@ -50,10 +51,7 @@ def stop_now(stop: dict) -> bool:
     every process's request (one small all-gather), so all stop at the same point and save one
     checkpoint together, even when a signal reached only some of them. Every process must call it
     at the same points (the loop calls it once per outer step)."""
-    if "jax" not in sys.modules:
-        return stop["signal"] is not None
-    import jax
-    if jax.process_count() == 1:
+    if num_processes() == 1:
         return stop["signal"] is not None
     import numpy as np
     from jax.experimental import multihost_utils
