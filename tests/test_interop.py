@@ -226,7 +226,9 @@ def test_generate_torch_layout_jit_vjp_and_batched():
     single, batched = generate(params, hnet, jnp.int32(3)), generate(params, hnet, jnp.array([3, 0]))
     assert set(single) == set(batched) == set(expected)
     for k in expected:
-        np.testing.assert_allclose(single[k], expected[k][0], rtol=1e-6, atol=1e-7, err_msg=k)
+        # one client is a matrix-vector product, two a matrix product: XLA may sum the 100 hidden
+        # features in another order, so float32 rounding (seen: 1.2e-7 on a value of 0.015) is allowed
+        np.testing.assert_allclose(single[k], expected[k][0], rtol=1e-5, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(batched[k], expected[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
     @jax.jit
