@@ -1,8 +1,10 @@
 """Devices and processes before JAX starts: forced CPU devices, and `jax.distributed` for several hosts.
 
 `set_cpu_devices` must run before JAX initialises its backends (scripts call it right after
-parsing flags). `initialize` joins a multi-process job: every process runs the same program on
-the same data, the mesh spans every process's devices, and only process 0 writes results.
+parsing flags). `initialize` joins a multi-process job, when asked or when srun / mpirun started
+this process as one of several tasks (so they never run as separate jobs writing one folder):
+every process runs the same program on the same data, the mesh spans every process's devices,
+and only process 0 writes results.
 """
 
 from __future__ import annotations
@@ -39,29 +41,59 @@ def set_cpu_devices(spec: str | int) -> int:
     return n
 
 
+# multi-process launchers whose tasks join one job unasked: (name, task count, task index, what JAX needs
+# to find the coordinator). srun sets SLURM_STEP_NUM_TASKS in the tasks of a job step only, not in a batch
+# script or a shell on an allocated node, which run one process whatever --ntasks says.
+LAUNCHERS = (("SLURM (srun)", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID",
+              ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_LOCALID")),
+             ("Open MPI (mpirun)", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", ("OMPI_MCA_orte_hnp_uri",)))
+
+
+def launcher_tasks(environ: dict | None = None) -> tuple[str, int, int] | None:
+    """(launcher, task count, this task's index) when a launcher started this process as one of
+    several tasks of one job step (`LAUNCHERS`), else None. Reads the environment only."""
+    env = os.environ if environ is None else environ
+    for name, count, index, needs in LAUNCHERS:
+        if env.get(count, "").isdigit() and int(env[count]) > 1 and env.get(index, "").isdigit() \
+                and all(k in env for k in needs):
+            return name, int(env[count]), int(env[index])
+    return None
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
-    """Join a multi-process job when asked; returns whether one was joined.
+    """Join a multi-process job when asked, or when a launcher started this process as one of
+    several tasks (`launcher_tasks`: srun, mpirun); returns whether one was joined.
 
-    coordinator 'auto': let `jax.distributed.initialize()` detect the cluster (Cloud TPU pod
-    slices, SLURM, ...). Otherwise all three values are needed. On CPU the cross-process
-    collectives go through gloo.
+    coordinator 'auto': let `jax.distributed.initialize()` detect the cluster (SLURM, Open MPI,
+    Cloud TPU pod slices, ...); 'none': never join (each launched task runs on its own). Otherwise
+    all three values are needed. On CPU the cross-process collectives go through gloo.
     """
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
-    if all(v is None for v in given.values()):
+    named = [k for k, v in given.items() if v is not None and k != "--coordinator"]
+    if coordinator == "none":
+        if named:
+            raise UserError(f"{named[0]}: --coordinator none runs this process on its own; drop {named[0]}")
         return False
+    if coordinator is None:
+        if named:
+            raise UserError(f"--coordinator: {named[0]} needs --coordinator HOST:PORT (or auto)")
+        tasks = launcher_tasks()
+        if tasks is None:
+            return False
+        name, num_processes, process_id = tasks  # JAX reads the coordinator's address from the launcher
+        print(f"joining the {num_processes} tasks started by {name} as one job, as process {process_id} "
+              "(--coordinator none runs each task on its own)", file=sys.stderr)
+    elif coordinator != "auto":
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise UserError(f"{missing[0]}: a multi-process run needs --coordinator HOST:PORT, --num-processes and "
+                            "--process-id (or --coordinator auto on a TPU pod slice / SLURM / Open MPI)")
+        if not 0 <= process_id < num_processes:
+            raise UserError(f"--process-id: must be in 0..{num_processes - 1}, got {process_id}")
     import jax
-    if coordinator == "auto":
-        jax.distributed.initialize()
-        return True
-    missing = [k for k, v in given.items() if v is None]
-    if missing:
-        raise UserError(f"{missing[0]}: a multi-process run needs --coordinator HOST:PORT, --num-processes and "
-                        "--process-id (or --coordinator auto on a TPU pod slice / SLURM)")
-    if not 0 <= process_id < num_processes:
-        raise UserError(f"--process-id: must be in 0..{num_processes - 1}, got {process_id}")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only: GPUs and TPUs have their own
+    jax.distributed.initialize(None if coordinator in (None, "auto") else coordinator, num_processes, process_id)
     return True
 
 

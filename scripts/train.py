@@ -120,8 +120,10 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--cpu-devices", default="1", metavar="auto|N",
                        help="on CPU, split the machine into N XLA devices over which --seeds runs are sharded; "
                             "auto = one per core (default: 1)")
-    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                       help="multi-host: address of process 0 for jax.distributed (with --num-processes, --process-id)")
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT|auto|none",
+                       help="multi-host: address of process 0 for jax.distributed (with --num-processes, "
+                            "--process-id); auto: detect the cluster (TPU pod slice, SLURM, Open MPI); none: "
+                            "never join a job (default: tasks started together by srun or mpirun join one job)")
     scale.add_argument("--num-processes", type=int, default=None, metavar="P", help="multi-host: number of processes")
     scale.add_argument("--process-id", type=int, default=None, metavar="I", help="multi-host: this process's index")
     run = p.add_argument_group("this invocation")

@@ -22,7 +22,10 @@ from pfedhn_jax.errors import UserError
 SCRIPT = """
 import json, sys
 from pfedhn_jax import distributed
-distributed.initialize(sys.argv[2], 2, int(sys.argv[3]))
+if sys.argv[2] == "launcher":  # started as tasks of a launcher (srun): no flags, the job from its environment
+    assert distributed.initialize()
+else:
+    distributed.initialize(sys.argv[2], 2, int(sys.argv[3]))
 import jax
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train_seeds
@@ -47,13 +50,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(outs: list, cfg: str, stop_at: int | None) -> list[subprocess.Popen]:
-    """SCRIPT as processes 0 and 1 of one jax.distributed job, process i writing to outs[i]."""
-    addr = f"127.0.0.1:{free_port()}"
+def srun_env(task: int, tasks: int = 2) -> dict[str, str]:
+    """What srun puts in the environment of task `task` of a one-node job step (plus the port JAX's
+    SLURM detection would otherwise derive from the job id)."""
+    return {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": str(tasks),
+            "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)}
+
+
+def start(outs: list, cfg: str, stop_at: int | None, launcher: bool = False) -> list[subprocess.Popen]:
+    """SCRIPT as processes 0 and 1 of one jax.distributed job, process i writing to outs[i]; with
+    `launcher`, as two tasks of an srun job step that name no coordinator."""
+    port = free_port()
     env = xla_env()  # one CPU device per process
-    return [subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), addr, str(i), cfg, json.dumps(stop_at)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-            for i, out in enumerate(outs)]
+    procs = []
+    for i, out in enumerate(outs):
+        addr, task_env = ("launcher", {**srun_env(i), "JAX_COORDINATOR_PORT": str(port)}) if launcher \
+            else (f"127.0.0.1:{port}", {})
+        procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), addr, str(i), cfg, json.dumps(stop_at)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**env, **task_env}, cwd=ROOT))
+    return procs
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str, str]]:
@@ -66,8 +82,8 @@ def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[in
     return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
 
 
-def launch(outs: list, cfg: str, stop_at: int | None) -> list[tuple[int, str, str]]:
-    return finish(start(outs, cfg, stop_at))
+def launch(outs: list, cfg: str, stop_at: int | None, launcher: bool = False) -> list[tuple[int, str, str]]:
+    return finish(start(outs, cfg, stop_at, launcher))
 
 
 def parse(results: list[tuple[int, str, str]]) -> list[dict]:
@@ -79,22 +95,20 @@ def parse(results: list[tuple[int, str, str]]) -> list[dict]:
     return got
 
 
-def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
+def two_processes(out, cfg: str, stop_at: int | None, launcher: bool = False) -> list[dict]:
     """Processes 0 and 1 of one job, both writing to `out`; their RESULT dicts."""
-    return parse(launch([out, out], cfg, stop_at))
+    return parse(launch([out, out], cfg, stop_at, launcher))
 
 
-def test_two_processes_stop_resume_equal_one(small_cifar_dir, tmp_path):
-    data_dir = small_cifar_dir  # real images, a small file every process reads fast
+@pytest.fixture(scope="module")
+def one_process(small_cifar_dir) -> dict:
+    """CFG's two seeds trained straight through in this process (one device)."""
     from pfedhn_jax.config import Config
     from pfedhn_jax.loop import train_seeds
-    one = train_seeds(Config(data_dir=str(data_dir), out=None, **CFG), [5, 6], progress=False)
-    cfg = json.dumps({**CFG, "data_dir": str(data_dir)})
-    out = tmp_path / "out"
-    first = two_processes(out, cfg, stop_at=2)  # a checkpoint at step 2, written by both processes
-    assert all(g["status"] == ["paused"] * 2 for g in first)  # on process 1 too, which writes nothing
-    got = two_processes(out, cfg, stop_at=None)  # a new job resumes from it
-    assert all(g["status"] == ["finished"] * 2 and all(r[0]["at_step"] == 2 for r in g["resumed"]) for g in got)
+    return train_seeds(Config(data_dir=str(small_cifar_dir), out=None, **CFG), [5, 6], progress=False)
+
+
+def assert_same_curves(got: list[dict], one: dict):
     for g in got:
         for mine, ref in zip(g["curves"], one["runs"]):
             for a, b in zip(mine, ref["curves"]):
@@ -102,18 +116,58 @@ def test_two_processes_stop_resume_equal_one(small_cifar_dir, tmp_path):
                     assert a[k] == pytest.approx(b[k], abs=1e-6)
                 for k in ("train_loss", "val_loss", "test_loss"):
                     assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)
+
+
+def test_two_processes_stop_resume_equal_one(small_cifar_dir, one_process, tmp_path):
+    cfg = json.dumps({**CFG, "data_dir": str(small_cifar_dir)})  # real images, a small file read fast
+    out = tmp_path / "out"
+    first = two_processes(out, cfg, stop_at=2)  # a checkpoint at step 2, written by both processes
+    assert all(g["status"] == ["paused"] * 2 for g in first)  # on process 1 too, which writes nothing
+    got = two_processes(out, cfg, stop_at=None)  # a new job resumes from it
+    assert all(g["status"] == ["finished"] * 2 and all(r[0]["at_step"] == 2 for r in g["resumed"]) for g in got)
+    assert_same_curves(got, one_process)
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "seed-5", "seed-6", "summary.json", "summary.md"]
 
 
-def test_flag_checks():
+def test_tasks_of_an_srun_step_join_one_job_unasked(small_cifar_dir, one_process, tmp_path):
+    """Two tasks started by srun with no multi-host flags train as one job (not two jobs writing
+    one folder) and give one process's numbers."""
+    out = tmp_path / "out"
+    results = launch([out, out], json.dumps({**CFG, "data_dir": str(small_cifar_dir)}), None, launcher=True)
+    got = parse(results)  # two processes of one job, two devices in all
+    assert all("joining the 2 tasks started by SLURM (srun) as one job" in e for _, _, e in results)
+    assert all(g["status"] == ["finished"] * 2 for g in got)
+    assert_same_curves(got, one_process)
+
+
+def test_launcher_tasks_are_read_from_the_environment():
+    assert distributed.launcher_tasks(srun_env(1, tasks=4)) == ("SLURM (srun)", 4, 1)
+    assert distributed.launcher_tasks(srun_env(0, tasks=1)) is None  # a one-task step
+    batch = {k: v for k, v in srun_env(0, tasks=4).items() if not k.startswith("SLURM_STEP")}
+    assert distributed.launcher_tasks(batch) is None  # an sbatch script: one process, whatever --ntasks says
+    mpi = {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5"}
+    assert distributed.launcher_tasks(mpi) == ("Open MPI (mpirun)", 3, 2)
+    assert distributed.launcher_tasks({k: v for k, v in mpi.items() if k != "OMPI_MCA_orte_hnp_uri"}) is None
+    assert distributed.launcher_tasks({}) is None
+
+
+def test_flag_checks(monkeypatch):
     with pytest.raises(UserError, match="^--cpu-devices"):
         distributed.set_cpu_devices("two")
     with pytest.raises(UserError, match="^--num-processes"):
         distributed.initialize("localhost:1234", None, 0)
     with pytest.raises(UserError, match="^--process-id"):
         distributed.initialize("localhost:1234", 2, 2)
+    with pytest.raises(UserError, match="^--coordinator: --num-processes"):
+        distributed.initialize(None, 2, 0)
+    with pytest.raises(UserError, match="^--process-id: --coordinator none"):
+        distributed.initialize("none", None, 1)
     assert distributed.initialize() is False and distributed.is_main()
+    for k, v in srun_env(1).items():
+        monkeypatch.setenv(k, v)
+    assert distributed.launcher_tasks() is not None
+    assert distributed.initialize("none") is False  # srun's tasks, each on its own when asked
 
 
 def test_an_out_folder_the_processes_do_not_share_is_refused(small_cifar_dir, tmp_path):
