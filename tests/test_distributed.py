@@ -1,7 +1,8 @@
 """Several processes: two processes under jax.distributed on localhost (gloo CPU collectives), one
 CPU device each, train two seeds sharded over them, stop at a checkpoint, resume from it in a new
 pair of processes, and get the numbers of one process run straight through; only process 0 writes
-results. Also the --cpu-devices / multi-host flag checks."""
+results. Two tasks of a simulated srun job step, given no multi-host flags, join one job and get
+the same numbers. Also the --cpu-devices / multi-host flag checks."""
 
 from __future__ import annotations
 
@@ -95,9 +96,9 @@ def parse(results: list[tuple[int, str, str]]) -> list[dict]:
     return got
 
 
-def two_processes(out, cfg: str, stop_at: int | None, launcher: bool = False) -> list[dict]:
+def two_processes(out, cfg: str, stop_at: int | None) -> list[dict]:
     """Processes 0 and 1 of one job, both writing to `out`; their RESULT dicts."""
-    return parse(launch([out, out], cfg, stop_at, launcher))
+    return parse(launch([out, out], cfg, stop_at))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_launcher_tasks_are_read_from_the_environment():
     assert distributed.launcher_tasks(srun_env(0, tasks=1)) is None  # a one-task step
     batch = {k: v for k, v in srun_env(0, tasks=4).items() if not k.startswith("SLURM_STEP")}
     assert distributed.launcher_tasks(batch) is None  # an sbatch script: one process, whatever --ntasks says
-    mpi = {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5"}
+    mpi = {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://127.0.0.1:5"}
     assert distributed.launcher_tasks(mpi) == ("Open MPI (mpirun)", 3, 2)
     assert distributed.launcher_tasks({k: v for k, v in mpi.items() if k != "OMPI_MCA_orte_hnp_uri"}) is None
     assert distributed.launcher_tasks({}) is None
