@@ -1,4 +1,5 @@
-"""pFedHN and pFedHN-PC as one algorithm record: `init`, `step`, `personal_params`, `evaluate`.
+"""pFedHN and pFedHN-PC as one algorithm record (`algorithms.base.FederatedAlgorithm`): `init`,
+`step`, `evaluate`, plus `personal_params` (every client's generated model).
 
 The two variants differ only in which target params are private (kept on the client, never
 generated; `hnet.private`): none for pFedHN, the classifier head for pFedHN-PC. One outer step:
@@ -18,10 +19,11 @@ import jax.numpy as jnp
 import optax
 
 from pfedhn_jax import client, evaluate, server
+from pfedhn_jax.algorithms.base import StepMetrics
+from pfedhn_jax.algorithms.common import run_round, sample_clients, tree_bytes, tree_size
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, merge_params, split_params
 from pfedhn_jax.targets import Params
-
 
 
 class ClientState(NamedTuple):
@@ -38,15 +40,10 @@ class TrainState(NamedTuple):
     key: jax.Array               # PRNG key for the next step
 
 
-class StepMetrics(NamedTuple):
-    client_ids: jax.Array   # (C,)
-    loss: jax.Array         # (C,) mean local training loss of each client
-    delta_norm: jax.Array   # (C,) ||θ − θ̃|| of each client
-
-
 @dataclasses.dataclass(frozen=True)
-class PFedHN:
-    """Hyperparameters and the pure functions of pFedHN (and -PC, via `hnet.private`).
+class PFedHNSettings:
+    """The hyperparameters of pFedHN and the interface methods its variants share (`PFedHN`, and
+    `hetero.HeteroPFedHN` for targets of several sizes); `hnet` is the variant's hypernetwork.
 
     Defaults are the reference's (docs/reference.md §3). `clients_per_step > 1` averages the clients'
     VJPs, a deviation the paper never used. `strategy`, `unroll` and `client_sharding` change speed,
@@ -54,7 +51,7 @@ class PFedHN:
     step are vmapped and split over the mesh's devices, and the server VJP is reduced across them.
     """
 
-    hnet: HyperNetwork
+    hnet: Any
     inner_steps: int = 50
     batch_size: int = 64
     inner_lr: float = 5e-3
@@ -94,8 +91,20 @@ class PFedHN:
             raise ValueError(f"PFedHN: optim must be one of {server.OPTIMIZERS}, got {self.optim!r}")
 
     @property
-    def target(self):
-        return self.hnet.target
+    def learning_rate(self) -> float:
+        """The swept rate: the hypernetwork's (in its optimizer state, `optax.inject_hyperparams`)."""
+        return self.lr
+
+    def with_learning_rate(self, state: TrainState, lr) -> TrainState:
+        return state._replace(server=state.server._replace(
+            opt_state=server.set_learning_rate(state.server.opt_state, lr)))
+
+    def summarize(self, metrics: evaluate.ClientMetrics) -> dict:
+        return evaluate.summarize(metrics)
+
+    def sample_clients(self, key: jax.Array, client_ids: jax.Array | None = None) -> jax.Array:
+        """The (clients_per_step,) int32 clients of a step: drawn without replacement, or given (replay)."""
+        return sample_clients(key, self.hnet.num_clients, self.clients_per_step, client_ids)
 
     def server_optimizer(self) -> optax.GradientTransformation:
         return server.hyper_optimizer(self.optim, self.lr, self.embed_lr, self.wd, self.momentum, self.clip)
@@ -106,6 +115,37 @@ class PFedHN:
     def private_optimizer(self) -> optax.GradientTransformation:
         """The private head's own SGD (pFedHN-PC): same lr / momentum / wd, not clipped, state persists."""
         return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class PFedHN(PFedHNSettings):
+    """pFedHN (and pFedHN-PC, via `hnet.private`): one hypernetwork generates every client's target."""
+
+    hnet: HyperNetwork
+
+    @property
+    def target(self):
+        return self.hnet.target
+
+    def describe(self) -> dict:
+        return {"name": "pfedhn-pc" if self.hnet.private else "pfedhn", "lr": self.lr,
+                "lr_meaning": "hypernetwork learning rate", "embed_dim": self.hnet.embedding_dim}
+
+    def communication(self, num_steps: int) -> dict:
+        """Bytes each way per round and over the schedule: θ down and θ̃ − θ up, per sampled client.
+
+        Only the generated part travels (pFedHN-PC's private head never leaves its client); the
+        hypernetwork never leaves the server. Bytes = parameters × dtype size.
+        """
+        shapes = jax.eval_shape(self.hnet.init, jax.random.key(0))
+        theta = jax.eval_shape(self.hnet.apply, shapes, jnp.int32(0))
+        per_client = tree_bytes(theta)
+        per_round = per_client * self.clients_per_step
+        return {"theta_params": tree_size(theta), "bytes_down_per_client": per_client,
+                "bytes_up_per_client": per_client, "bytes_down_per_round": per_round, "bytes_up_per_round": per_round,
+                "bytes_total": 2 * per_round * num_steps, "hypernet_params": tree_size(shapes),
+                "hypernet_bytes": tree_bytes(shapes)}
 
     def init(self, key: jax.Array) -> TrainState:
         k_hnet, k_priv, k_run = jax.random.split(key, 3)
@@ -132,15 +172,6 @@ class PFedHN:
             params = jax.lax.with_sharding_constraint(params, sharding)
         return evaluate.evaluate_clients(self.target.apply, params, data, split, clients_per_batch)
 
-    def sample_clients(self, key: jax.Array, client_ids: jax.Array | None = None) -> jax.Array:
-        """The (clients_per_step,) int32 clients of a step: drawn without replacement, or given (replay)."""
-        if client_ids is None:
-            return jax.random.choice(key, self.hnet.num_clients, (self.clients_per_step,), replace=False)
-        ids = jnp.asarray(client_ids, jnp.int32)
-        if ids.shape != (self.clients_per_step,):
-            raise ValueError(f"client_ids must have shape ({self.clients_per_step},), got {ids.shape}")
-        return ids
-
     def step(self, data: FederatedData, state: TrainState,
              client_ids: jax.Array | None = None) -> tuple[TrainState, StepMetrics]:
         """One outer step (pure; jit it with `data` as an argument).
@@ -161,11 +192,7 @@ class PFedHN:
                                        self.inner_steps, theta_opt, private_opt, self.unroll)
 
         args = (ids, theta, gathered.private, gathered.opt_state, jax.random.split(k_local, self.clients_per_step))
-        strategy = self.strategy
-        if self.client_sharding is not None:
-            args = jax.lax.with_sharding_constraint(args, self.client_sharding)
-            strategy = "vmap" if strategy == "auto" else strategy
-        res = client.run_clients(one_client, args, strategy)
+        res = run_round(one_client, args, self.strategy, self.client_sharding)
         srv = server.server_update(self.hnet, self.server_optimizer(), state.server, ids, res.theta)
         clients = jax.tree.map(lambda all_, new: all_.at[ids].set(new), state.clients,
                                ClientState(res.private, res.private_opt_state))

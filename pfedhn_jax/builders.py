@@ -6,14 +6,13 @@ The one place where flags become objects; the dataset-specific parts come from t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 from typing import Callable, ContextManager, Sequence
 
 import jax
 
-from pfedhn_jax.algorithm import PFedHN
+from pfedhn_jax.algorithms import spec as algorithm_spec
 from pfedhn_jax.client import resolve_strategy
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import FederatedData, SplitSummary, to_device
@@ -95,26 +94,10 @@ def build_target(cfg: Config, vmapped: bool = False):
     return spec(cfg.dataset).target(cfg, conv_impl=resolve_conv_impl(cfg, vmapped), compute_dtype=cfg.compute_dtype)
 
 
-def build_algorithm(cfg: Config, vmapped: bool = False) -> PFedHN:
-    """The algorithm record for a config: target, hypernetwork and optimiser settings; vmapped as
-    in `build_target`.
-
-    pFedHN-PC keeps the target's classifier head private (docs/reference.md §3). With
-    --client-widths, one hypernetwork serves CNNs of several widths (`hetero.HeteroPFedHN`).
-    """
-    settings = dict(inner_steps=cfg.inner_steps, batch_size=cfg.batch_size, inner_lr=cfg.inner_lr,
-                    inner_wd=cfg.inner_wd, optim=cfg.optim, lr=cfg.hyper_lr, embed_lr=cfg.embed_lr, wd=cfg.wd,
-                    clients_per_step=cfg.clients_per_step, strategy=cfg.strategy, unroll=cfg.unroll)
-    if cfg.widths:
-        from pfedhn_jax.hetero import HeteroHyperNetwork, HeteroPFedHN
-        targets = tuple(build_target(dataclasses.replace(cfg, n_kernels=w), vmapped) for w in cfg.widths)
-        hnet = HeteroHyperNetwork(targets, cfg.num_clients, cfg.assignment, cfg.embed_dim, cfg.hyper_hid,
-                                  cfg.n_hidden)
-        return HeteroPFedHN(hnet, **settings)
-    target = build_target(cfg, vmapped)
-    private = (target.head,) if cfg.algo == "pfedhn-pc" else ()
-    hnet = HyperNetwork(target, cfg.num_clients, cfg.embed_dim, cfg.hyper_hid, cfg.n_hidden, private)
-    return PFedHN(hnet, **settings)
+def build_algorithm(cfg: Config, vmapped: bool = False):
+    """The algorithm record for a config (`algorithms.base.FederatedAlgorithm`), built by its
+    registry spec from the dataset's target; vmapped as in `build_target`."""
+    return algorithm_spec(cfg.algo).build(cfg, lambda c: build_target(c, vmapped))
 
 
 def load_data(cfg: Config) -> tuple[FederatedData, SplitSummary, dict]:

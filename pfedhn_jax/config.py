@@ -15,7 +15,9 @@ from typing import Any
 
 from pfedhn_jax.errors import UserError
 
-ALGOS = ("pfedhn", "pfedhn-pc")
+# the algorithm registry's names, in its order (pfedhn_jax/algorithms/__init__.py checks they agree)
+ALGOS = ("pfedhn", "pfedhn-pc", "local", "fedavg", "fedper", "lg-fedavg", "pfedme", "per-fedavg", "per-fedavg-hf")
+PFEDHN_ALGOS = ("pfedhn", "pfedhn-pc")
 DATASETS = ("cifar10", "cifar100", "omniglot")
 OPTIMIZERS = ("sgd", "adam")
 SPLITS = ("reference", "dirichlet")
@@ -25,8 +27,10 @@ CONV_IMPLS = ("auto", "xla", "nhwc_vjp", "im2col")  # = layers.CONV_IMPLS
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # jax_default_matmul_precision values for matmuls and convolutions (docs/reference.md §9)
 MATMUL_PRECISIONS = ("float32", "tensorfloat32", "default")
-# Hypernetwork learning rate by algorithm, as in the reference's two trainers (docs/reference.md §3).
-DEFAULT_LR = {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}
+# --lr by algorithm: the hypernetwork's as in the reference's two trainers (docs/reference.md §3); the
+# baselines' own rate (the registry says which; sources in docs/algorithms.md).
+DEFAULT_LR = {"pfedhn": 1e-2, "pfedhn-pc": 5e-2, "local": 5e-3, "fedavg": 5e-3, "fedper": 5e-3, "lg-fedavg": 5e-3,
+              "pfedme": 5e-3, "per-fedavg": 1e-3, "per-fedavg-hf": 1e-3}
 
 # Fields that change neither the numbers nor the schedule (paths, speed, checkpoint cadence, how
 # the run was started): two configs that differ only here describe the same run.
@@ -57,7 +61,7 @@ class Config:
     num_steps: int = 5000
     inner_steps: int = 50
     batch_size: int = 64
-    lr: float | None = None            # None: 1e-2 for pfedhn, 5e-2 for pfedhn-pc
+    lr: float | None = None            # None: the algorithm's (DEFAULT_LR); what it is depends on the algorithm
     inner_lr: float = 5e-3
     embed_lr: float | None = None      # None: = lr
     wd: float = 1e-3
@@ -70,6 +74,12 @@ class Config:
     client_widths: str | None = None   # heterogeneous targets: "8,16,32" = one CNN per n_kernels (CIFAR)
     client_assign: str = "round-robin" # architecture of each client: round-robin, or N indices into the widths
     clients_per_step: int = 1          # > 1 is a deviation: the reference uses 1
+    # baselines' own hyperparameters (docs/algorithms.md; help text in the algorithm registry)
+    pfedme_lambda: float = 15.0
+    pfedme_k: int = 5
+    pfedme_personal_lr: float = 0.01
+    pfedme_beta: float = 1.0
+    perfedavg_alpha: float = 0.01
     init_from: str | None = None       # replay: initial hypernetwork (and private heads) of a reference run
     client_order: str | None = None    # replay: the client of every outer step of a reference run
     # evaluation and output
@@ -88,7 +98,8 @@ class Config:
     unroll: int = 1
 
     @property
-    def hyper_lr(self) -> float:
+    def effective_lr(self) -> float:
+        """--lr, or the algorithm's default when unset."""
         return DEFAULT_LR[self.algo] if self.lr is None else self.lr
 
     @property
@@ -123,11 +134,14 @@ class Config:
                         ("eval-every", self.eval_every), ("hyper-hid", self.hyper_hid),
                         ("image-size", self.image_size), ("n-train", self.n_train),
                         ("n-kernels", self.n_kernels), ("clients-per-step", self.clients_per_step),
-                        ("unroll", self.unroll), ("keep-checkpoints", self.keep_checkpoints)):
+                        ("unroll", self.unroll), ("keep-checkpoints", self.keep_checkpoints),
+                        ("pfedme-k", self.pfedme_k)):
             if v < 1:
                 raise UserError(f"--{flag}: must be a positive integer, got {v}")
-        for flag, v in (("lr", self.hyper_lr), ("inner-lr", self.inner_lr), ("embed-lr", self.embed_lr),
-                        ("alpha", self.alpha)):
+        for flag, v in (("lr", self.effective_lr), ("inner-lr", self.inner_lr), ("embed-lr", self.embed_lr),
+                        ("alpha", self.alpha), ("pfedme-lambda", self.pfedme_lambda),
+                        ("pfedme-personal-lr", self.pfedme_personal_lr), ("pfedme-beta", self.pfedme_beta),
+                        ("perfedavg-alpha", self.perfedavg_alpha)):
             if v is not None and not v > 0:
                 raise UserError(f"--{flag}: must be positive, got {v}")
         for flag, v in (("wd", self.wd), ("inner-wd", self.inner_wd), ("n-hidden", self.n_hidden),
@@ -137,6 +151,9 @@ class Config:
                 raise UserError(f"--{flag}: must be >= 0, got {v}")
         if self.embed_dim != -1 and self.embed_dim < 1:
             raise UserError(f"--embed-dim: must be a positive integer or -1 (auto: int(1 + N/4)), got {self.embed_dim}")
+        if self.init_from is not None and self.algo not in PFEDHN_ALGOS:
+            raise UserError(f"--init-from: loads a reference hypernetwork, for pfedhn / pfedhn-pc only; drop it "
+                            f"for --algo {self.algo}")
         if self.client_order is not None and self.clients_per_step != 1:
             raise UserError(f"--client-order: replays one client per step (the reference's); drop "
                             f"--clients-per-step {self.clients_per_step}")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pfedhn_jax import client, evaluate, server
-from pfedhn_jax.algorithm import ClientState, PFedHN, StepMetrics, TrainState
+from pfedhn_jax.algorithm import ClientState, PFedHNSettings, StepMetrics, TrainState
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, initial_layers, param_shapes
 from pfedhn_jax.targets import Params, Target
@@ -141,8 +141,9 @@ class HeteroHyperNetwork:
 
 
 @dataclasses.dataclass(frozen=True)
-class HeteroPFedHN(PFedHN):
-    """pFedHN over heterogeneous targets: `init`, `step`, `personal_params` as `algorithm.PFedHN`.
+class HeteroPFedHN(PFedHNSettings):
+    """pFedHN over heterogeneous targets: the interface (`init`, `step`, `evaluate`, ...) as
+    `algorithm.PFedHN`, and `arch_params` (one architecture's clients' models).
 
     Same defaults and optimizers (client.sgd locally, server.hyper_optimizer for φ). The sampled
     clients of one step may have different architectures: each client runs `lax.switch` over the
@@ -150,7 +151,23 @@ class HeteroPFedHN(PFedHN):
     'loop'/'map' strategies, while 'vmap' turns the switch into a select that runs every branch).
     """
 
-    hnet: HeteroHyperNetwork   # hyperparameters, optimizers and validation: PFedHN's
+    hnet: HeteroHyperNetwork   # hyperparameters, optimizers and validation: PFedHNSettings'
+
+    def describe(self) -> dict:
+        return {"name": "pfedhn", "lr": self.lr, "lr_meaning": "hypernetwork learning rate",
+                "embed_dim": self.hnet.embedding_dim, "arch_params": list(self.hnet.sizes)}
+
+    def communication(self, num_steps: int) -> dict:
+        """Per architecture: bytes per client each way; per round: the expectation under uniform sampling."""
+        c = communication(self.hnet, self.clients_per_step)
+        per_round = c.pop("expected_bytes_down_per_round")
+        c.pop("expected_bytes_up_per_round")
+        return {**c, "bytes_down_per_round": per_round, "bytes_up_per_round": per_round,
+                "bytes_total": 2 * per_round * num_steps, "per_round": "expected under uniform client sampling"}
+
+    def summarize(self, metrics: evaluate.ClientMetrics) -> dict:
+        """`evaluate.summarize`, plus "per_arch": pooled within each architecture's clients."""
+        return {**evaluate.summarize(metrics), "per_arch": summarize_arches(self.hnet, metrics)}
 
     def init(self, key: jax.Array) -> TrainState:
         """As PFedHN.init (same key use), with no private part: clients = ClientState({}, state of {})."""
@@ -159,7 +176,7 @@ class HeteroPFedHN(PFedHN):
         opt_state = jax.vmap(self.private_optimizer().init, axis_size=self.hnet.num_clients)({})
         return TrainState(jnp.zeros((), jnp.int32), srv, ClientState({}, opt_state), k_run)
 
-    def personal_params(self, state: TrainState, arch: int, client_ids: Sequence[int] | None = None) -> Params:
+    def arch_params(self, state: TrainState, arch: int, client_ids: Sequence[int] | None = None) -> Params:
         """Architecture `arch`'s params for its clients (default: all of them, ascending). Leaves (C, ...)."""
         ids = self.hnet.clients_of(arch) if client_ids is None else tuple(client_ids)
         if any(self.hnet.assignment[i] != arch for i in ids):
@@ -217,7 +234,7 @@ def evaluate_arches(alg: HeteroPFedHN, state: TrainState, data: FederatedData, s
         ids = np.asarray(alg.hnet.clients_of(a), np.int32)
         sub = ClientIndex(split.index[ids], split.count[ids])
         batch = None if clients_per_batch is None else len(ids)
-        out.append(evaluate.evaluate_clients(alg.hnet.targets[a].apply, alg.personal_params(state, a), data, sub,
+        out.append(evaluate.evaluate_clients(alg.hnet.targets[a].apply, alg.arch_params(state, a), data, sub,
                                              batch))
     return out
 

@@ -16,39 +16,19 @@ import numpy as np
 
 from pfedhn_jax import evaluate
 from pfedhn_jax import results as rio
-from pfedhn_jax.algorithm import StepMetrics
+from pfedhn_jax.algorithms.base import StepMetrics
 from pfedhn_jax.config import Config
 from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import DivergenceError
-from pfedhn_jax.hetero import HeteroPFedHN
-from pfedhn_jax.hetero import communication as hetero_communication
 
 
 def communication(alg, cfg: Config) -> dict:
-    """Bytes each way per outer step and over the schedule: θ down and θ̃ − θ up, per sampled client.
-
-    Only the generated part travels (pFedHN-PC's private head never leaves its client); the
-    hypernetwork never leaves the server. Bytes = parameters × dtype size. Heterogeneous targets:
-    bytes per client of each architecture ("per_arch"), and per round the expectation under
-    uniform client sampling.
-    """
-    if isinstance(alg, HeteroPFedHN):
-        c = hetero_communication(alg.hnet, cfg.clients_per_step)
-        for entry, w in zip(c["per_arch"], cfg.widths):
-            entry["width"] = w
-        per_round = c.pop("expected_bytes_down_per_round")
-        c.pop("expected_bytes_up_per_round")
-        return {**c, "bytes_down_per_round": per_round, "bytes_up_per_round": per_round,
-                "bytes_total": 2 * per_round * cfg.num_steps, "per_round": "expected under uniform client sampling"}
-    shapes = jax.eval_shape(alg.hnet.init, jax.random.key(0))
-    theta = jax.eval_shape(alg.hnet.apply, shapes, jnp.int32(0))
-    per_client = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(theta))
-    per_round = per_client * cfg.clients_per_step
-    return {"theta_params": sum(x.size for x in jax.tree.leaves(theta)), "bytes_down_per_client": per_client,
-            "bytes_up_per_client": per_client, "bytes_down_per_round": per_round, "bytes_up_per_round": per_round,
-            "bytes_total": 2 * per_round * cfg.num_steps,
-            "hypernet_params": sum(x.size for x in jax.tree.leaves(shapes)),
-            "hypernet_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))}
+    """The algorithm's bytes each way per round and over cfg's schedule (`alg.communication`);
+    heterogeneous targets' per-architecture entries are labelled with their width."""
+    c = alg.communication(cfg.num_steps)
+    for entry, w in zip(c.get("per_arch", ()), cfg.widths):
+        entry["width"] = w
+    return c
 
 
 def check_finite(metrics: list[StepMetrics], first_step: int, labels: list[str]) -> np.ndarray:
@@ -129,7 +109,7 @@ def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) 
     accs = [r.results.get("best", {}) and r.results["best"]["test_acc"] for r in records]
     rows = {}
     for rec, acc in zip(records, accs):
-        rows.setdefault(rec.cfg.hyper_lr, {})[str(rec.cfg.seed)] = acc
+        rows.setdefault(rec.cfg.effective_lr, {})[str(rec.cfg.seed)] = acc
     rows = [{"lr": lr, "seeds": [int(s) for s in by_seed], "test_acc_at_best_val": by_seed,
              **dict(zip(("mean", "std"), _mean_std(list(by_seed.values()))))} for lr, by_seed in rows.items()]
     out = {"status": status, "config": {k: v for k, v in first["config"].items() if k not in ("seed", "out", "lr")},
@@ -156,9 +136,10 @@ def render_group(summary: dict) -> str:
              f"(wall {summary['timing']['wall_s']:.0f} s).", ""]
     comm = summary.get("communication")
     if comm:
+        kept = (f"; the hypernetwork ({comm['hypernet_bytes']:,} bytes) never leaves the server"
+                if "hypernet_bytes" in comm else "")
         lines += [f"Communication per run: {comm['bytes_down_per_round']:,.0f} bytes down and "
-                  f"{comm['bytes_up_per_round']:,.0f} up per round, {comm['bytes_total']:,.0f} in all; the "
-                  f"hypernetwork ({comm['hypernet_bytes']:,} bytes) never leaves the server.", ""]
+                  f"{comm['bytes_up_per_round']:,.0f} up per round, {comm['bytes_total']:,.0f} in all{kept}.", ""]
     fmt = lambda a: f"{a:.4f}" if isinstance(a, float) and not math.isnan(a) else "—"
     if rows:
         seeds = rows[0]["seeds"]

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from pfedhn_jax import results as rio
-from pfedhn_jax.algorithm import TrainState
 from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
@@ -39,7 +38,8 @@ def is_eval_step(step: int, cfg: Config) -> bool:
 
 @jax.jit
 def _finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in floats])) if floats else jnp.bool_(True)
 
 
 def _all_finite(tree) -> bool:
@@ -130,7 +130,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
         devices = jax.devices() if devices is None else list(devices)
         padded = padded_size(r, len(devices)) if r > 1 else 1
         seeds = group.seeds + [group.seeds[-1]] * (padded - r)
-        lrs = [group.run_config(i).hyper_lr for i in range(r)]
+        lrs = [group.run_config(i).effective_lr for i in range(r)]
         lrs += [lrs[-1]] * (padded - r)
         mesh = device_mesh(padded, cfg.clients_per_step, devices)  # refuses an indivisible client axis before loading
         log(f"loading {cfg.dataset} and building the federated split ({cfg.num_clients} clients, "
@@ -162,8 +162,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
             env = rio.environment()
             group.records = [RunRecord(group.run_config(i), {
                 "config": group.run_config(i).to_dict(), "data": descs[i], "environment": env,
-                "algorithm": {"hyper_lr": lrs[i], "embed_dim": trainer.alg.hnet.embedding_dim,
-                              "conv_impl": trainer.conv_impl},
+                "algorithm": {**trainer.alg.describe(), "lr": lrs[i], "conv_impl": trainer.conv_impl},
                 "group": {"seeds": group.seeds, "lrs": group.lrs, "padded_runs": padded, "devices": len(devices),
                           "by_run": trainer.by_run}
                 if r > 1 else None,
@@ -182,7 +181,7 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
         return _loop(group, trainer, state, ckpt, stop, progress, stop_at, tensorboard, client_order)
 
 
-def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer | None, stop: dict,
+def _loop(group: Group, trainer: Trainer, state, ckpt: Checkpointer | None, stop: dict,
           progress: bool, stop_at: int | None, tensorboard: bool, client_order: np.ndarray | None) -> list[dict]:
     cfg = group.cfg
     step = group.step
@@ -192,9 +191,9 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
         if ckpt is None or ckpt.latest_step() == step:
             return
         check_finite(group.pending, step - len(group.pending), group.labels)
-        if not _all_finite(state.server.params):
-            raise DivergenceError(f"training diverged by outer step {step}: non-finite hypernetwork "
-                                  "parameters; lower --lr")
+        if not _all_finite(state):
+            raise DivergenceError(f"training diverged by outer step {step}: non-finite parameters in the "
+                                  "state; lower --lr")
         ckpt.save(step, state, group.host())
 
     def add_time(seconds: float) -> None:
@@ -257,7 +256,7 @@ def _loop(group: Group, trainer: Trainer, state: TrainState, ckpt: Checkpointer 
     return [{**rec.results, "state": single} if i == 0 else dict(rec.results) for i, rec in enumerate(group.records)]
 
 
-def _evaluate(group: Group, trainer: Trainer, state: TrainState, step: int, losses: np.ndarray, writers, bar) -> None:
+def _evaluate(group: Group, trainer: Trainer, state, step: int, losses: np.ndarray, writers, bar) -> None:
     """Evaluate every client of every run on val and test; record the curve points."""
     t_eval = time.perf_counter()
     summaries = trainer.evaluate(state)

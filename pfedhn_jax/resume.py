@@ -5,15 +5,16 @@ line naming the differing flags (`config.run_differences`, the one rule for "the
 
 from __future__ import annotations
 
+from typing import Any
+
 from pfedhn_jax import results as rio
-from pfedhn_jax.algorithm import TrainState
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import describe_differences, run_differences
 from pfedhn_jax.errors import UserError
 from pfedhn_jax.history import Group
 
 
-def open_checkpoints(group: Group, template: TrainState) -> tuple[Checkpointer | None, TrainState, bool]:
+def open_checkpoints(group: Group, template: Any) -> tuple[Checkpointer | None, Any, bool]:
     """The group's checkpointer and, if --out holds a checkpoint of the same runs, the restored state.
 
     A larger --num-steps extends a finished or unfinished run (no schedule depends on the total),

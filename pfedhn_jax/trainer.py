@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pfedhn_jax import evaluate, server
-from pfedhn_jax.algorithm import StepMetrics, TrainState
+from pfedhn_jax.algorithms.base import StepMetrics
 from pfedhn_jax.builders import (at_precision, build_algorithm, compiler_options, init_compiler_options,
                                 matmul_precision, resolve_conv_impl)
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
 from pfedhn_jax.errors import UserError
-from pfedhn_jax.hetero import HeteroPFedHN, summarize_arches
 
 # vmap axes of FederatedData in a group: images shared, per-client index arrays per run
 DATA_RUN_AXES = FederatedData(None, None, None, None, 0, 0, 0)
@@ -108,7 +107,7 @@ class Trainer:
         clients_per_batch = None if jax.default_backend() == "cpu" else n  # all clients at once off CPU
         spread = alg.client_sharding is not None and n % mesh.shape["clients"] == 0
 
-        def evaluate_run(data: FederatedData, state: TrainState):
+        def evaluate_run(data: FederatedData, state: Any):
             # spread: every client at once, the clients split over the devices like training
             return tuple(alg.evaluate(state, data, split, n if spread else clients_per_batch,
                                       alg.client_sharding if spread else None) for split in (data.val, data.test))
@@ -136,9 +135,7 @@ class Trainer:
         self._step, self._eval = self._jitted  # until `compile` swaps in the compiled programs
 
         def init(key_data, lrs):
-            state = jax.vmap(alg.init)(jax.random.wrap_key_data(key_data))
-            return state._replace(server=state.server._replace(
-                opt_state=server.set_learning_rate(state.server.opt_state, lrs)))
+            return alg.with_learning_rate(jax.vmap(alg.init)(jax.random.wrap_key_data(key_data)), lrs)
 
         self._init = jax.jit(init, out_shardings=runs, compiler_options=init_compiler_options())
 
@@ -155,25 +152,25 @@ class Trainer:
         per_run = ClientIndex(runs, runs)
         return jax.tree.map(place, data, FederatedData(rep, rep, rep, rep, per_run, per_run, per_run))
 
-    def init(self, seeds: list[int], lrs: list[float] | None = None) -> TrainState:
+    def init(self, seeds: list[int], lrs: list[float] | None = None) -> Any:
         """Initial states of the runs, one per seed (each equal to `alg.init(jax.random.key(seed))`),
         each with its own hypernetwork learning rate (`lrs`, default the config's)."""
         key_data = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
-        lrs = [self.alg.lr] * len(seeds) if lrs is None else lrs
+        lrs = [self.alg.learning_rate] * len(seeds) if lrs is None else lrs
         return self._init(key_data, np.asarray(lrs, np.float32))
 
     def _client_ids(self, with_client_ids: bool) -> jax.Array | None:
         """The shape of replayed clients (R, C) for tracing, or None (the step samples them)."""
         return jnp.zeros((self.num_runs, self.cfg.clients_per_step), jnp.int32) if with_client_ids else None
 
-    def lower(self, state: TrainState, with_client_ids: bool = False) -> tuple[jax.stages.Lowered, jax.stages.Lowered]:
+    def lower(self, state: Any, with_client_ids: bool = False) -> tuple[jax.stages.Lowered, jax.stages.Lowered]:
         """The step (for sampled clients, or for given ones when replaying) and the evaluation,
         traced and lowered for these shapes; `.as_text()` shows a program, `.compile()` builds it."""
         ids = self._client_ids(with_client_ids)
         step, ev = self._jitted
         return step.lower(self.data, state, ids), ev.lower(self.data, state)
 
-    def compile(self, state: TrainState, with_client_ids: bool = False) -> float:
+    def compile(self, state: Any, with_client_ids: bool = False) -> float:
         """Compile `lower`'s programs ahead of time; returns seconds spent. A later Trainer of the
         same algorithm, precision, mesh and shapes in this process reuses the executables (a grid,
         a resumed run, tests)."""
@@ -197,20 +194,13 @@ class Trainer:
         self._step, self._eval = programs
         return time.perf_counter() - t0
 
-    def step(self, state: TrainState, client_ids: np.ndarray | None = None) -> tuple[TrainState, StepMetrics]:
+    def step(self, state: Any, client_ids: np.ndarray | None = None) -> tuple[Any, StepMetrics]:
         """One outer step of every run; client_ids (R, C) replays given clients instead of sampling
         (the program must have been compiled `with_client_ids`)."""
         return self._step(self.data, state, None if client_ids is None else jnp.asarray(client_ids, jnp.int32))
 
-    def evaluate(self, state: TrainState) -> list[tuple[dict, dict]]:
+    def evaluate(self, state: Any) -> list[tuple[dict, dict]]:
         """(val, test) summaries of every run (`evaluate.summarize`), in run order."""
         val, test = jax.device_get(self._eval(self.data, state))
         pick = lambda m, r: jax.tree.map(lambda a: a[r], m)
-        return [tuple(self._summarize(pick(m, r)) for m in (val, test)) for r in range(self.num_runs)]
-
-    def _summarize(self, m: evaluate.ClientMetrics) -> dict:
-        """`evaluate.summarize`, plus "per_arch" (pooled within each architecture) for heterogeneous targets."""
-        out = evaluate.summarize(m)
-        if isinstance(self.alg, HeteroPFedHN):
-            out["per_arch"] = summarize_arches(self.alg.hnet, m)
-        return out
+        return [tuple(self.alg.summarize(pick(m, r)) for m in (val, test)) for r in range(self.num_runs)]

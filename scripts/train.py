@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train pFedHN / pFedHN-PC. Defaults reproduce the reference (CIFAR-10, 50 clients, 5000 steps).
+"""Train pFedHN / pFedHN-PC or a baseline (--algo). Defaults reproduce the reference (CIFAR-10, 50 clients,
+5000 steps).
 
     python scripts/train.py --data-dir ../shared/data --out runs/c10-n50-s42
 
@@ -18,6 +19,7 @@ import typing
 
 from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, MATMUL_PRECISIONS,
                                OPTIMIZERS, SPLITS, STRATEGIES, Config)
+from pfedhn_jax.algorithms import SPECS as ALGORITHMS
 from pfedhn_jax.cli import OneLineParser, comma_list
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 
@@ -45,12 +47,15 @@ HELP = {
     "n_val": ("data", "Omniglot only: drawings per character for validation; the rest test (default: {default})"),
     "split_file": ("data", "replay: per-client train/val/test indices from a reference run's dump "
                            "(split/{{train,val,test}}/<client>; CIFAR only)"),
-    "algo": ("algorithm", "pfedhn, or pfedhn-pc (a private classifier head per client) (default: {default})"),
+    "algo": ("algorithm", "pfedhn, pfedhn-pc (a private classifier head per client), or a baseline of the paper's "
+                          "Table 1 (docs/algorithms.md) (default: {default})"),
     "num_steps": ("algorithm", "outer steps (rounds) (default: {default})"),
     "inner_steps": ("algorithm", "local SGD steps per client per round (default: {default})"),
     "batch_size": ("algorithm", "local batch size (default: {default})"),
-    "lr": ("algorithm", "hypernetwork learning rate (default: 1e-2 for pfedhn, 5e-2 for pfedhn-pc)"),
-    "inner_lr": ("algorithm", "local SGD learning rate (default: {default})"),
+    "lr": ("algorithm", "the algorithm's learning rate, the one --lrs sweeps: " + "; ".join(
+        f"{', '.join(n for n, s in ALGORITHMS.items() if s.lr == text)}: {text}"
+        for text in dict.fromkeys(s.lr for s in ALGORITHMS.values()))),
+    "inner_lr": ("algorithm", "pFedHN's local SGD learning rate (the baselines' is --lr) (default: {default})"),
     "embed_lr": ("algorithm", "client-embedding learning rate (default: = --lr)"),
     "wd": ("algorithm", "hypernetwork weight decay (default: {default})"),
     "inner_wd": ("algorithm", "local weight decay (default: {default})"),
@@ -89,7 +94,10 @@ HELP = {
                                   "computes, tensorfloat32 (TF32 on NVIDIA GPUs), or JAX's own setting (TF32 on "
                                   "NVIDIA GPUs, bfloat16 passes on TPUs); no effect on CPU (default: {default})"),
     "unroll": ("speed", "lax.scan unroll of the local loop (default: {default})"),
+    # each algorithm's own hyperparameters, with their help text, from the registry
+    **{f: (s.name, text) for s in reversed(ALGORITHMS.values()) for f, text in s.fields.items()},
 }
+GROUPS.update({g: f"{ALGORITHMS[g].label} only" for g in dict.fromkeys(g for g, _ in HELP.values()) if g in ALGORITHMS})
 CHOICES = {"dataset": DATASETS, "data_source": DATA_SOURCES, "split": SPLITS, "algo": ALGOS, "optim": OPTIMIZERS,
            "strategy": STRATEGIES, "conv_impl": CONV_IMPLS, "compute_dtype": COMPUTE_DTYPES,
            "matmul_precision": MATMUL_PRECISIONS}
@@ -114,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
                        help="train one run per seed in one program (results in <out>/seed-<s>/, mean ± std in "
                             "<out>/summary.md); replaces --seed")
     scale.add_argument("--lrs", type=comma_list(float), default=None, metavar="LR1,LR2,...",
-                       help="sweep the hypernetwork learning rate: one run per value (and per seed of --seeds) in "
+                       help="sweep --lr (the hypernetwork's for pFedHN, the baselines' own): one run per value (and per seed of --seeds) in "
                             "the same program; results in <out>/lr-<lr>/seed-<s>/, a table in <out>/summary.md; "
                             "replaces --lr")
     scale.add_argument("--cpu-devices", default="1", metavar="auto|N",
@@ -181,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if res["status"] == "finished" and "state" not in res:
         print(f"already finished: {cfg.out}/results.json")
     b, comm = res["best"], res.get("communication")
+    kept = f", hypernetwork {comm['hypernet_bytes'] / 1e6:.1f} MB (never sent)" if comm and "hypernet_bytes" in comm else ""
     traffic = (f"; {comm['bytes_down_per_round'] / 1e6:.2f} MB down and up per round, {comm['bytes_total'] / 1e9:.2f} "
-               f"GB in all, hypernetwork {comm['hypernet_bytes'] / 1e6:.1f} MB (never sent)" if comm else "")
+               f"GB in all{kept}" if comm else "")
     for arch, c in zip(res.get("best_per_arch", ()), (comm or {}).get("per_arch", ())):
         print(f"  width {arch['width']}: {c['clients']} clients, {c['bytes_down_per_client']:,} bytes down and up per "
               f"client per round, test acc at the best val step {arch['test_acc']:.4f}")

@@ -60,7 +60,7 @@ def test_each_client_gets_its_architectures_shapes(alg, init):
     state = init(jax.random.key(0))
     hn = alg.hnet
     flat = jax.jit(hn.apply)(state.server.params, jnp.arange(N))  # (N, S): the one long vector
-    personal = jax.jit(alg.personal_params, static_argnums=(1, 2))
+    personal = jax.jit(alg.arch_params, static_argnums=(1, 2))
     for a, w in enumerate(WIDTHS):
         want = jax.eval_shape(tiny(w).init, jax.random.key(0))
         got = personal(state, a, None)
@@ -75,7 +75,7 @@ def test_each_client_gets_its_architectures_shapes(alg, init):
         one = personal(state, a, ids[-1:])
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x[0], y[-1], rtol=1e-5, atol=1e-6), one, got)
     with pytest.raises(ValueError, match="architecture"):
-        alg.personal_params(state, 0, [1])
+        alg.arch_params(state, 0, [1])
 
 
 def test_gradient_outside_a_clients_slice_is_exactly_zero(alg, init):
@@ -131,7 +131,7 @@ def test_one_architecture_reduces_to_the_plain_hypernetwork(tiny_target):
         np.testing.assert_allclose(ms.loss, mt.loss, rtol=1e-5)
         np.testing.assert_allclose(ms.delta_norm, mt.delta_norm, rtol=1e-4)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
-                 plain.personal_params(s, ids), het.personal_params(t, 0))
+                 plain.personal_params(s, ids), het.arch_params(t, 0))
 
 
 def test_mixed_architecture_steps_compile_once(alg, init):

@@ -1,0 +1,82 @@
+"""The algorithm registry: `--algo NAME` -> a spec that builds the algorithm from a Config.
+
+Plain data (no JAX): each spec names its module and builder, imported only when built, the
+Config fields it owns (grouped per algorithm in `scripts/train.py --help`, with help text and
+each default's source), what `--lr` means for it, and the schedule the Table 1 grid gives it.
+Adding an algorithm is one module implementing `base.FederatedAlgorithm` with a
+`build(cfg, make_target)` function, plus one entry here (docs/algorithms.md shows it for FedPer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+from pfedhn_jax.config import ALGOS
+from pfedhn_jax.errors import UserError
+
+# Equal compute: every method gets pFedHN's 5000 rounds x 1 client x 50 local iterations. The
+# baselines' Table 1 schedule spends it as 1000 rounds x 5 clients (docs/algorithms.md, "Budget").
+BASELINE_SCHEDULE = {"num_steps": 1000, "clients_per_step": 5}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+    """name: the registry key; label: as in the paper's tables; module, builder: where
+    `builder(cfg, make_target)` lives; lr: what --lr means, its default and the source;
+    fields: {Config field: help text with the default's source} owned by this algorithm;
+    schedule: Config overrides for the Table 1 grid (equal compute); pfedhn: a hypernetwork
+    method (replay, --client-widths and the novel-client experiment need one)."""
+
+    name: str
+    label: str
+    module: str
+    builder: str
+    lr: str
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    schedule: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pfedhn: bool = False
+
+    def build(self, cfg, make_target: Callable) -> Any:
+        """The algorithm record for cfg; make_target(cfg) builds the target network."""
+        module = importlib.import_module(f"pfedhn_jax.algorithms.{self.module}")
+        return getattr(module, self.builder)(cfg, make_target)
+
+
+_PFEDME = {
+    "pfedme_lambda": "pFedMe: λ, the Moreau-envelope regularisation (default: {default}, pFedMe's README)",
+    "pfedme_k": "pFedMe: K, steps solving for θ_i per local iteration (default: {default}, pFedMe's README)",
+    "pfedme_personal_lr": "pFedMe: η_p, the personal learning rate of those K steps (default: {default}; pFedMe's "
+                          "README uses 0.09-0.1 on MNIST, where η_p·λ > 1 oscillates with this CNN)",
+    "pfedme_beta": "pFedMe: β, the server's mixing w ← (1-β)w + β·mean(w_i) (default: {default}, pFedMe's README)",
+}
+_PER_FEDAVG = {
+    "perfedavg_alpha": "Per-FedAvg: α, the personalisation step, also the one step taken before evaluation "
+                       "(default: {default}, FL-bench's)",
+}
+_CLIENT_LR = "client SGD learning rate (default: 5e-3, pFedHN's local rate; pFedHN's local SGD: momentum 0.9, wd 5e-5, clip 50)"
+
+SPECS: dict[str, AlgorithmSpec] = {s.name: s for s in (
+    AlgorithmSpec("pfedhn", "pFedHN", "pfedhn", "build", "hypernetwork learning rate (default: 1e-2, the reference's)",
+                  pfedhn=True),
+    AlgorithmSpec("pfedhn-pc", "pFedHN-PC", "pfedhn", "build",
+                  "hypernetwork learning rate (default: 5e-2, the reference's pFedHN-PC trainer)", pfedhn=True),
+    AlgorithmSpec("local", "Local", "local", "build", _CLIENT_LR, schedule=BASELINE_SCHEDULE),
+    AlgorithmSpec("fedavg", "FedAvg", "fedavg", "build", _CLIENT_LR, schedule=BASELINE_SCHEDULE),
+    AlgorithmSpec("fedper", "FedPer", "fedper", "build", _CLIENT_LR, schedule=BASELINE_SCHEDULE),
+    AlgorithmSpec("lg-fedavg", "LG-FedAvg", "lg_fedavg", "build", _CLIENT_LR, schedule=BASELINE_SCHEDULE),
+    AlgorithmSpec("pfedme", "pFedMe", "pfedme", "build", "local-model learning rate η (default: 5e-3, pFedMe's README)",
+                  fields=_PFEDME, schedule=BASELINE_SCHEDULE),
+    AlgorithmSpec("per-fedavg", "Per-FedAvg", "per_fedavg", "build",
+                  "meta learning rate β (default: 1e-3, FL-bench's)", fields=_PER_FEDAVG, schedule=BASELINE_SCHEDULE),
+    AlgorithmSpec("per-fedavg-hf", "Per-FedAvg (HF)", "per_fedavg", "build_hf",
+                  "meta learning rate β (default: 1e-3, FL-bench's)", fields=_PER_FEDAVG, schedule=BASELINE_SCHEDULE),
+)}
+assert tuple(SPECS) == ALGOS, "config.ALGOS and the registry must list the same algorithms, in order"
+
+
+def spec(name: str) -> AlgorithmSpec:
+    if name not in SPECS:
+        raise UserError(f"--algo: unknown algorithm '{name}'; choose one of {', '.join(SPECS)}")
+    return SPECS[name]
