@@ -43,8 +43,8 @@ def run_round(fn: Callable, args: tuple, strategy: str, client_sharding: Any = N
 
 def weighted_mean(trees: Params, weights: jax.Array) -> Params:
     """Σ_i w_i x_i / Σ_i w_i over the leading axis of every leaf; weights (C,)."""
-    w = weights.astype(jnp.float32) / jnp.sum(weights)
-    return jax.tree.map(lambda x: jnp.tensordot(w.astype(x.dtype), x, axes=1), trees)
+    return jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype) / jnp.sum(weights).astype(x.dtype), x, axes=1),
+                        trees)
 
 
 def tree_bytes(tree: Any) -> int:
@@ -71,7 +71,7 @@ class BaselineState(NamedTuple):
     step: jax.Array      # () int32: rounds completed
     shared: Params       # the server's model (or the averaged part of it); {} when nothing is shared
     personal: Params     # each client's kept part, leaves (N, ...); {} when nothing is kept
-    lr: jax.Array        # () float32: the swept learning rate (one per run in a group)
+    lr: jax.Array        # () float: the swept learning rate (one per run in a group)
     key: jax.Array       # PRNG key of the next round
 
 
@@ -158,7 +158,7 @@ class Baseline:
         k_model, _, k_run = jax.random.split(key, 3)
         shared, personal = split(self.target.init(k_model))
         return BaselineState(jnp.zeros((), jnp.int32), shared, broadcast(personal, self.num_clients),
-                             jnp.asarray(self.lr, jnp.float32), k_run)
+                             jnp.asarray(self.lr, jnp.result_type(float)), k_run)
 
     def round_keys(self, state: BaselineState, client_ids: jax.Array | None):
         """(next key, the round's clients (C,), one PRNG key per client (C,))."""

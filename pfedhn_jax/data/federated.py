@@ -39,8 +39,9 @@ class FederatedData(NamedTuple):
         return self.train.count.shape[0]
 
     def images(self, positions: jax.Array) -> jax.Array:
-        """Gather and normalise: positions (...,) -> float32 images (..., H, W, C)."""
-        return (self.x[positions].astype(jnp.float32) / 255.0 - self.mean) / self.std
+        """Gather and normalise: positions (...,) -> images (..., H, W, C) in mean's dtype (float32;
+        float64 in the reference tests)."""
+        return (self.x[positions].astype(self.mean.dtype) / 255.0 - self.mean) / self.std
 
 
 def pad_clients(lists: list[np.ndarray], min_len: int = 1) -> ClientIndex:
