@@ -17,7 +17,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pfedhn_jax.config import ALGOS, DATASETS, Config, describe_differences, run_differences
+from pfedhn_jax.algorithms import TABLE_ALGOS
+from pfedhn_jax.algorithms import spec as algorithm_spec
+from pfedhn_jax.config import DATASETS, Config, describe_differences, run_differences
 from pfedhn_jax.data.registry import spec
 from pfedhn_jax.paper import SEEDS
 from pfedhn_jax.results import has_checkpoint, read_json
@@ -43,7 +45,7 @@ class Cell:
         return self.algo, self.dataset, self.num_clients
 
 
-def list_cells(algos: Iterable[str] = ALGOS, datasets: Iterable[str] = DATASETS,
+def list_cells(algos: Iterable[str] = TABLE_ALGOS, datasets: Iterable[str] = DATASETS,
                num_clients: Iterable[int] | None = None, seeds: Iterable[int] = SEEDS,
                log: Callable[[str], None] = print) -> list[Cell]:
     """The grid's cells in run order (dataset, N, algorithm, seed). `num_clients=None`: Table 1's values
@@ -62,7 +64,18 @@ def list_cells(algos: Iterable[str] = ALGOS, datasets: Iterable[str] = DATASETS,
 
 
 def cell_config(cell: Cell, out: str | os.PathLike, **fields: Any) -> Config:
-    """The cell's Config: its algorithm, dataset, N and seed, `--out <out>/<cell name>`, plus `fields`."""
+    """The cell's Config: its algorithm, dataset, N and seed, `--out <out>/<cell name>`, plus `fields`.
+
+    Equal compute for every row: `fields`' num_steps and eval_every are pFedHN's (one client per
+    step); an algorithm whose spec runs C clients per round gets num_steps / C rounds, evaluated every
+    eval_every / C (rounded up), unless fields set clients_per_step (then everyone gets fields as given).
+    """
+    c = algorithm_spec(cell.algo).clients_per_round
+    if c > 1 and "clients_per_step" not in fields:
+        ref = Config(**{k: v for k, v in fields.items() if k in ("num_steps", "eval_every")})
+        c = min(c, cell.num_clients)
+        fields = {**fields, "clients_per_step": c, "num_steps": -(-ref.num_steps // c),
+                  "eval_every": -(-ref.eval_every // c)}
     return Config(algo=cell.algo, dataset=cell.dataset, num_clients=cell.num_clients, seed=cell.seed,
                   out=str(Path(out) / cell.name), **fields)
 

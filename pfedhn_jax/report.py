@@ -83,7 +83,8 @@ def collect(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any],
         cfg0 = cell_config(members[0], out, **fields)
         m, s = mean_std(accs)
         rows.append(Row(algo, dataset, n, label, [c.seed for c in done], len(members), accs, m, s,
-                        PAPER.get((algo, dataset, n)), f"{cfg0.num_steps} x {cfg0.inner_steps}", status))
+                        PAPER.get((algo, dataset, n)), f"{cfg0.num_steps} x {cfg0.inner_steps}" + (f" x {cfg0.clients_per_step} clients" if cfg0.clients_per_step > 1 else ""),
+                        status))
     return rows
 
 

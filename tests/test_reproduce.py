@@ -82,7 +82,7 @@ def test_omniglot_runs_are_wired_to_alphabets(omni_grid, data_dir):
         cfg = grid.cell_config(cell, out, **fields)
         res = json.loads((out / cell.name / "results.json").read_text())
         assert res["data"]["dataset"] == "omniglot" and res["data"]["sha256"] == omni.raw.sha256
-        assert res["algorithm"]["hyper_lr"] == {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}[cell.algo]
+        assert res["algorithm"]["lr"] == {"pfedhn": 1e-2, "pfedhn-pc": 5e-2}[cell.algo]
         data, split, desc = builders.load_data(cfg)
         assert desc["client_counts"] == res["data"]["client_counts"]
         assert data.x.shape[1:] == (16, 16, 1)
@@ -263,9 +263,12 @@ def test_missing_dataset_is_reported_and_skipped(tmp_path, c10):
 
 def test_default_cells_are_table_1():
     cells = grid.list_cells(log=lambda s: None)
-    assert len(cells) == 2 * (3 + 3 + 1) * 3
+    assert len(cells) == 8 * (3 + 3 + 1) * 3   # Table 1's eight methods
     groups = sorted({c.group for c in cells})
-    assert all(g in PAPER for g in groups)
+    assert all(g in PAPER for g in groups if g[0].startswith("pfedhn"))
+    # equal compute: a baseline's cell runs 5 clients per round for a fifth of pFedHN's rounds
+    base, hn = (grid.cell_config(grid.Cell(a, "cifar10", 50, 42), "out") for a in ("fedavg", "pfedhn"))
+    assert (base.num_steps * base.clients_per_step, base.eval_every) == (hn.num_steps * hn.clients_per_step, 6)
     assert {c.seed for c in cells} == {42, 27, 13}
     assert grid.Cell("pfedhn-pc", "cifar100", 50, 27).name == "pfedhn-pc-cifar100-n50-s27"
     log = []
@@ -283,7 +286,8 @@ def _load_script():
 def test_cli_quick_grid_with_missing_data(tmp_path, capsys):
     reproduce = _load_script()
     (tmp_path / "data").mkdir()
-    rc = reproduce.main(["--quick", "--datasets", "cifar100", "--num-clients", "10", "--seeds", "1,2",
+    rc = reproduce.main(["--quick", "--algos", "pfedhn,pfedhn-pc", "--datasets", "cifar100", "--num-clients", "10",
+                         "--seeds", "1,2",
                          "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"])
     cap = capsys.readouterr()
     err = cap.err
@@ -294,5 +298,5 @@ def test_cli_quick_grid_with_missing_data(tmp_path, capsys):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "quick schedule" in table and "num_steps=20, inner_steps=5, eval_every=10" in table
     assert table.count("no data") == 2
-    assert reproduce.main(["--algos", "fedavg", "--out", str(tmp_path / "x")]) == 2
+    assert reproduce.main(["--algos", "fedavgg", "--out", str(tmp_path / "x")]) == 2
     assert "--algos" in capsys.readouterr().err
