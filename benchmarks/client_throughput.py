@@ -41,7 +41,7 @@ def parse_args(argv=None):
                    help="N of the federated split (default: max(50, largest C); the reference uses 50)")
     p.add_argument("--conv-impl", type=common.choices_list(("auto", "xla", "nhwc_vjp", "im2col")), default=["auto"],
                    help="comma list from auto, xla, nhwc_vjp, im2col; auto: per backend and strategy "
-                        "(pfedhn_jax.builders.resolve_conv_impl)")
+                        "(pfedhn_jax.xla.resolve_conv_impl)")
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll of the local loop")
     common.add_matmul_precision(p, many=True)
@@ -56,7 +56,8 @@ def measure(cfg, data, repeats: int, warmup: int, sharded: bool = False) -> dict
 
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from pfedhn_jax.builders import at_precision, build_algorithm, compiler_options
+    from pfedhn_jax.builders import build_algorithm
+    from pfedhn_jax.xla import at_precision, compiler_options
     from pfedhn_jax.trainer import device_mesh
 
     alg = build_algorithm(cfg, vmapped=sharded)

@@ -1,5 +1,5 @@
 """Compile time and step time of the default CIFAR-10 step (N=50, K=50) under each XLA:CPU
-setting that `builders.compiler_options` chooses between, each in a fresh process (no
+setting that `xla.compiler_options` chooses between, each in a fresh process (no
 compilation cache), settings alternated, and the hypernetwork init program's compile time.
 
     python benchmarks/compile_options.py --repeats 2
@@ -28,7 +28,8 @@ SETTINGS = {"fusion emitters on (XLA default)": True, "fusion emitters off (ours
 CHILD = """
 import json, statistics, sys, time
 import jax
-from pfedhn_jax.builders import build_algorithm, compiler_options, init_compiler_options, load_data
+from pfedhn_jax.builders import build_algorithm, load_data
+from pfedhn_jax.xla import compiler_options, init_compiler_options
 from pfedhn_jax.config import Config
 cfg = Config(num_clients=50, data_dir=sys.argv[1], seed=42)
 alg, data = build_algorithm(cfg), load_data(cfg)[0]

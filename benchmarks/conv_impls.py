@@ -39,9 +39,10 @@ def measure(impl: str, clients: int, k: int, repeats: int, warmup: int, precisio
     import jax.numpy as jnp
     import numpy as np
     import optax
-    from pfedhn_jax.builders import at_precision, compiler_options
+    from pfedhn_jax.xla import at_precision, compiler_options
     from pfedhn_jax.config import Config
-    from pfedhn_jax.client import masked_cross_entropy, sgd
+    from pfedhn_jax.client import masked_cross_entropy
+    from pfedhn_jax.optim import torch_sgd as sgd
     from pfedhn_jax.targets import cifar_cnn
 
     target = cifar_cnn(conv_impl=impl)

@@ -207,7 +207,8 @@ def run_ours(args, algo: str, dump: Path) -> dict:
     import numpy as np
 
     from pfedhn_jax import evaluate
-    from pfedhn_jax.builders import at_precision, build_algorithm, compiler_options
+    from pfedhn_jax.builders import build_algorithm
+    from pfedhn_jax.xla import at_precision, compiler_options
     from pfedhn_jax.config import Config
     from pfedhn_jax.data.federated import to_device
     from pfedhn_jax.data.replay import load_client_order, load_initial_state, load_split_file

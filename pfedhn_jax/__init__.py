@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ClientState": "algorithm", "PFedHN": "algorithm", "StepMetrics": "algorithm", "TrainState": "algorithm",
-    "local_update": "client", "masked_cross_entropy": "client", "run_clients": "client", "sgd": "client",
+    "local_update": "client", "masked_cross_entropy": "client", "run_clients": "client",
     "Config": "config",
     "DataError": "errors", "DivergenceError": "errors", "UserError": "errors",
     "BestTracker": "evaluate", "ClientMetrics": "evaluate", "evaluate_clients": "evaluate", "summarize": "evaluate",

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pfedhn_jax import client, evaluate, server
+from pfedhn_jax import client, evaluate, optim, server
 from pfedhn_jax.algorithms.base import StepMetrics
 from pfedhn_jax.algorithms.common import run_round, sample_clients, tree_bytes, tree_size
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
@@ -110,11 +110,11 @@ class PFedHNSettings:
         return server.hyper_optimizer(self.optim, self.lr, self.embed_lr, self.wd, self.momentum, self.clip)
 
     def theta_optimizer(self) -> optax.GradientTransformation:
-        return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd, self.inner_clip)
+        return optim.torch_sgd(self.inner_lr, self.inner_momentum, self.inner_wd, self.inner_clip)
 
     def private_optimizer(self) -> optax.GradientTransformation:
         """The private head's own SGD (pFedHN-PC): same lr / momentum / wd, not clipped, state persists."""
-        return client.sgd(self.inner_lr, self.inner_momentum, self.inner_wd)
+        return optim.torch_sgd(self.inner_lr, self.inner_momentum, self.inner_wd)
 
 
 

@@ -1,4 +1,4 @@
-"""Client side: K local steps of clipped SGD on a client's own data.
+"""Client side: K local steps of clipped SGD on a client's own data (the optimizer: `optim`).
 
 `local_update` is one client's loop; `run_clients` runs the clients of one outer step with a
 chosen execution strategy. All strategies compute the same numbers (tests check it); they
@@ -17,27 +17,6 @@ from pfedhn_jax.hypernet import merge_params
 from pfedhn_jax.targets import Params
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
-
-
-def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
-    """PyTorch's `clip_grad_norm_`: scale by min(1, max_norm / (||g|| + 1e-6)).
-
-    (optax.clip_by_global_norm omits the 1e-6, a relative difference of 1e-6 / ||g||.)
-    """
-
-    def update(updates, state, params=None):
-        del params
-        scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
-        return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def sgd(lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-        clip_norm: float | None = None) -> optax.GradientTransformation:
-    """PyTorch's `SGD(lr, momentum, weight_decay)` after `clip_grad_norm_(clip_norm)`, in that order."""
-    parts = [clip_grad_norm(clip_norm)] if clip_norm is not None else []
-    return optax.chain(*parts, optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:

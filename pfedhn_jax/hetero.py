@@ -145,7 +145,7 @@ class HeteroPFedHN(PFedHNSettings):
     """pFedHN over heterogeneous targets: the interface (`init`, `step`, `evaluate`, ...) as
     `algorithm.PFedHN`, and `arch_params` (one architecture's clients' models).
 
-    Same defaults and optimizers (client.sgd locally, server.hyper_optimizer for φ). The sampled
+    Same defaults and optimizers (optim.torch_sgd locally, server.hyper_optimizer for φ). The sampled
     clients of one step may have different architectures: each client runs `lax.switch` over the
     architectures' local updates (one compiled program; only its own branch runs under the
     'loop'/'map' strategies, while 'vmap' turns the switch into a select that runs every branch).

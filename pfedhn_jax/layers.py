@@ -1,7 +1,7 @@
 """The ConvNet's layer primitives: matmul, 2-D convolution (three implementations), max-pool.
 
 The convolution implementations compute the same numbers and differ only in speed, which depends
-on the backend and on whether the local loop is vmapped (`builders.resolve_conv_impl` chooses;
+on the backend and on whether the local loop is vmapped (`xla.resolve_conv_impl` chooses;
 benchmarks/RESULTS.md has the measurements):
 - 'xla': `lax.conv_general_dilated`, differentiated by JAX. Inside a loop (the clients' `lax.scan`)
   XLA:CPU keeps the two gradient convolutions in their transposed dimension orders and runs them

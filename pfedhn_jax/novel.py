@@ -16,13 +16,12 @@ Pieces (pure functions over pytrees; host NumPy for the split):
   with_clients                        device data for another set of clients (images shared)
   fit_novel_embeddings                φ frozen, K embeddings fitted in ONE vmapped, jitted program
   novel_params, evaluate, generalization_gap                  evaluation
-  fedavg_train, finetune              the FedAvg + fine-tuning baseline (baselines.py, re-exported)
-  train_pfedhn                        a plain outer loop over `PFedHN.step` for this experiment
+  finetune                            the baseline's fine-tuning of a FedAvg model (`algorithms.fedavg.FedAvg`,
+                                      trained by `trainer.train_plain`) on each client
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -30,26 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pfedhn_jax import client
-from pfedhn_jax.algorithm import PFedHN, TrainState
-from pfedhn_jax.builders import compiler_options as cpu_compiler_options
+from pfedhn_jax import client, xla
+from pfedhn_jax.algorithm import PFedHN
+from pfedhn_jax.algorithms.fedavg import FedAvg
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, SplitSummary, pad_clients, sample_batch
 from pfedhn_jax.data.shift import (NovelSplit, dirichlet_shift_assignment, label_distribution,  # noqa: F401
                                    make_novel_split, novel_alphas, pooled_distribution, tv_distance)
 from pfedhn_jax.evaluate import ClientMetrics, evaluate_clients
 from pfedhn_jax.targets import Params
-from pfedhn_jax.baselines import (FedAvgResult, LocalSGD, broadcast_clients, fedavg_train,  # noqa: F401
-                                  finetune)  # the baseline, re-exported for scripts/novel_clients.py
 
 FIT_OPTIMIZERS = ("adam", "sgd")
 FIT_INITS = ("mean", "normal")
 
-
-@functools.cache
-def _jit(fn: Callable, static_argnames: tuple[str, ...]) -> Callable:
-    """`fn` jitted once per process, with the project's per-backend XLA options
-    (`builders.compiler_options`, as the training step uses)."""
-    return jax.jit(fn, static_argnames=static_argnames, compiler_options=cpu_compiler_options())
 
 
 # ----------------------------------------------------------------------------- device data
@@ -189,7 +180,7 @@ def fit_novel_embeddings(alg: PFedHN, hnet_params: Params, data: FederatedData, 
         emb0 = jnp.asarray(init, hnet_params["embeddings"].dtype)
         if emb0.shape != (k, e):
             raise ValueError(f"init must be 'mean', 'normal' or an array of shape ({k}, {e}), got {emb0.shape}")
-    fit = _jit(_fit, ("alg", "steps", "batch_size", "optimizer", "lr", "momentum"))
+    fit = xla.jit(_fit, ("alg", "steps", "batch_size", "optimizer", "lr", "momentum"))
     table, losses = fit(alg, hnet_params, data, split, emb0, keys, int(steps), batch_size, optimizer, float(lr),
                         float(momentum))
     return NovelFit(table, emb0, losses)
@@ -207,7 +198,7 @@ def novel_params(alg: PFedHN, hnet_params: Params, embeddings: jax.Array) -> Par
 def evaluate(apply_fn: Callable[[Params, jax.Array], jax.Array], params: Params, data: FederatedData,
              split: ClientIndex) -> ClientMetrics:
     """`evaluate.evaluate_clients` under jit: client i's params (leaves (N, ...)) on its samples of split."""
-    return _jit(evaluate_clients, ("apply_fn", "clients_per_batch"))(apply_fn, params, data, split)
+    return xla.jit(evaluate_clients, ("apply_fn", "clients_per_batch"))(apply_fn, params, data, split)
 
 
 def generalization_gap(novel: ClientMetrics, train: ClientMetrics) -> np.ndarray:
@@ -224,25 +215,24 @@ def generalization_gap(novel: ClientMetrics, train: ClientMetrics) -> np.ndarray
 # ----------------------------------------------------------------------------- pFedHN training
 
 
-def train_pfedhn(alg: PFedHN, data: FederatedData, key: jax.Array, steps: int,
-                 log: Callable[[int, float], None] | None = None, log_every: int = 50,
-                 compiler_options: dict | None = None) -> TrainState:
-    """`steps` outer steps of `alg.step` (jitted) from `alg.init(key)`; the standard loop without
-    evaluation, checkpoints or resume. log(step, mean local loss since the last call) every
-    log_every steps and after the last one. compiler_options: default `builders.compiler_options()`.
-    Raises FloatingPointError on a non-finite loss."""
-    opts = cpu_compiler_options() if compiler_options is None else compiler_options
-    step = jax.jit(alg.step, compiler_options=opts)
-    state = jax.jit(alg.init, compiler_options=opts)(key)
-    losses = []
-    for s in range(1, steps + 1):
-        state, m = step(data, state)
-        losses.append(m.loss)
-        if s % log_every == 0 or s == steps:
-            mean = float(jnp.mean(jnp.stack(losses)))
-            losses = []
-            if not np.isfinite(mean):
-                raise FloatingPointError(f"pFedHN training diverged before outer step {s} (loss {mean})")
-            if log is not None:
-                log(s, mean)
-    return state
+def finetune(alg: FedAvg, params: Params, data: FederatedData, split: ClientIndex, key: jax.Array, steps: int,
+             lr: float | None = None) -> Params:
+    """Fine-tune one model (leaves without a client axis) on each client of `split`, all K at once.
+
+    Client k runs `steps` steps of the FedAvg record's local SGD (its lr, or `lr`; fresh momentum)
+    on batches of `split`'s client k, from `params`; key: one PRNG key (split into K). Returns the
+    per-client params, leaves (K, ...).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    return xla.jit(_finetune, ("alg", "steps"))(alg, params, data, split, key, steps, alg.lr if lr is None else lr)
+
+
+def _finetune(alg, params, data, split, key, steps, lr):
+    k = split.count.shape[0]
+
+    def one(c, kk):
+        batch_fn = lambda kb: sample_batch(data, split, c, kb, alg.batch_size)
+        return client.local_update(alg.target.apply, params, {}, optax.EmptyState(), batch_fn, kk, steps,
+                                   alg.local_optimizer(lr), optax.identity()).theta
+    return client.run_clients(one, (jnp.arange(k), jax.random.split(key, k)), alg.strategy)

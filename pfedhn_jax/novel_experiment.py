@@ -24,7 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pfedhn_jax import novel, results
-from pfedhn_jax.builders import build_algorithm, compiler_options, matmul_precision
+from pfedhn_jax.algorithms.common import broadcast
+from pfedhn_jax.algorithms.fedavg import FedAvg
+from pfedhn_jax.builders import build_algorithm
+from pfedhn_jax.trainer import train_plain
+from pfedhn_jax.xla import matmul_precision
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, to_device
 from pfedhn_jax.data.registry import spec
@@ -69,7 +73,7 @@ def _log(msg: str) -> None:
 def run(args: NovelExperiment, log: Callable[[str], None] = _log) -> dict:
     """Split, train pFedHN, fit the novel embeddings, train and fine-tune the FedAvg baseline, evaluate;
     returns the results (the schema of novel.json: per novel client "novel", per α "by_alpha", ...).
-    Every program is traced at the run config's matmul precision (`builders.matmul_precision`)."""
+    Every program is traced at the run config's matmul precision (`xla.matmul_precision`)."""
     t_start = time.perf_counter()
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, num_clients=args.num_clients, num_steps=args.steps,
                  inner_steps=args.inner_steps, batch_size=args.batch_size, n_kernels=args.n_kernels,
@@ -103,9 +107,8 @@ def _run(args: NovelExperiment, cfg: Config, t_start: float, log: Callable[[str]
         f"samples each), {m} novel clients (α={','.join(f'{a:g}' for a in alphas)})")
 
     alg = build_algorithm(cfg, vmapped=True)  # the novel fit and FedAvg vmap their clients
-    opts = compiler_options()
     key = jax.random.key(args.seed)
-    k_hn, k_fit, k_fa_init, k_fedavg, k_ft = jax.random.split(key, 5)
+    k_hn, k_fit, _, k_fedavg, k_ft = jax.random.split(key, 5)
     # Every evaluation runs on all N + M clients at once (one compiled program); metrics are split after.
     evaluate_all = lambda params: jax.device_get(novel.evaluate(alg.target.apply, params, alld, alld.test))
     part = lambda met, sl: jax.tree.map(lambda a: a[sl], met)
@@ -114,9 +117,9 @@ def _run(args: NovelExperiment, cfg: Config, t_start: float, log: Callable[[str]
     # ---- pFedHN
     log(f"training pFedHN: {args.steps} outer steps x {args.inner_steps} local steps ...")
     t0 = time.perf_counter()
-    state = novel.train_pfedhn(alg, data, k_hn, args.steps, compiler_options=opts, log_every=max(1, args.steps // 10),
-                               log=lambda s, l: log(f"  pFedHN step {s}/{args.steps}: local loss {l:.3f} "
-                                                    f"({time.perf_counter() - t0:.0f} s)"))
+    state = train_plain(alg, data, k_hn, args.steps, log_every=max(1, args.steps // 10),
+                        log=lambda s, l: log(f"  pFedHN step {s}/{args.steps}: local loss {l:.3f} "
+                                             f"({time.perf_counter() - t0:.0f} s)"))
     t_pfedhn = time.perf_counter() - t0
     log(f"fitting {m} novel embeddings: {args.fit_steps} steps, {args.fit_optimizer} lr {args.fit_lr:g}, "
         f"init {args.fit_init} ...")
@@ -146,22 +149,20 @@ def _run(args: NovelExperiment, cfg: Config, t_start: float, log: Callable[[str]
 
     # ---- FedAvg + fine-tuning
     rounds = args.fedavg_rounds if args.fedavg_rounds is not None else max(1, args.steps // args.fedavg_clients)
-    local = novel.LocalSGD.of(alg)
-    ft_local = local if args.finetune_lr is None else novel.LocalSGD(args.finetune_lr, local.momentum,
-                                                                    local.weight_decay, local.clip)
+    # the baseline: the registry's FedAvg with pFedHN's local SGD, trained by the plain loop
+    fedavg = FedAvg(alg.target, n, lr=alg.inner_lr, inner_steps=args.inner_steps, batch_size=args.batch_size,
+                    clients_per_step=args.fedavg_clients, strategy=args.strategy, weight_decay=alg.inner_wd)
     log(f"training FedAvg: {rounds} rounds x {args.fedavg_clients} clients x {args.inner_steps} local steps ...")
     t0 = time.perf_counter()
-    # (the initial weights eagerly: compiling a random init costs more than running it op by op)
-    fa = novel.fedavg_train(alg.target, alg.target.init(k_fa_init), data, k_fedavg, rounds,
-                            args.fedavg_clients, args.inner_steps, args.batch_size, local, args.strategy)
-    jax.block_until_ready(fa.params)
+    fa_params = train_plain(fedavg, data, k_fedavg, rounds, log_every=max(1, rounds // 5),
+                            log=lambda s, l: log(f"  FedAvg round {s}/{rounds}: local loss {l:.3f}")).shared
+    jax.block_until_ready(fa_params)
     t_fedavg = time.perf_counter() - t0
     log(f"  FedAvg done ({t_fedavg:.0f} s); fine-tuning on each of the {n} training + {m} novel clients for "
         f"{args.fit_steps} steps ...")
     t0 = time.perf_counter()
-    fa_global = evaluate_all(novel.broadcast_clients(fa.params, n + m))
-    fa_met = evaluate_all(novel.finetune(alg.target, fa.params, alld, alld.train, k_ft, args.fit_steps,
-                                         args.batch_size, ft_local, args.strategy))
+    fa_global = evaluate_all(broadcast(fa_params, n + m))
+    fa_met = evaluate_all(novel.finetune(fedavg, fa_params, alld, alld.train, k_ft, args.fit_steps, args.finetune_lr))
     t_ft = time.perf_counter() - t0
     fa_train, fa_novel = part(fa_met, slice(0, n)), part(fa_met, slice(n, None))
     fa_train_g, fa_novel_g = part(fa_global, slice(0, n)), part(fa_global, slice(n, None))

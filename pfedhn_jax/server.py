@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pfedhn_jax.client import clip_grad_norm
+from pfedhn_jax.optim import clip_grad_norm
 from pfedhn_jax.hypernet import HyperNetwork
 from pfedhn_jax.targets import Params
 

@@ -22,8 +22,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pfedhn_jax.algorithms.base import StepMetrics
-from pfedhn_jax.builders import (at_precision, build_algorithm, compiler_options, init_compiler_options,
-                                matmul_precision, resolve_conv_impl)
+from pfedhn_jax.builders import build_algorithm
+from pfedhn_jax.xla import at_precision, compiler_options, init_compiler_options, matmul_precision, resolve_conv_impl
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, FederatedData
 from pfedhn_jax.errors import UserError
@@ -204,3 +204,25 @@ class Trainer:
         val, test = jax.device_get(self._eval(self.data, state))
         pick = lambda m, r: jax.tree.map(lambda a: a[r], m)
         return [tuple(self.alg.summarize(pick(m, r)) for m in (val, test)) for r in range(self.num_runs)]
+
+
+def train_plain(alg, data: FederatedData, key: jax.Array, steps: int, log=None, log_every: int = 50) -> Any:
+    """`steps` rounds of any algorithm's jitted `step` from `alg.init(key)`: the plain loop, without
+    evaluation, checkpoints or resume (the novel-client experiment). log(step, mean local loss since
+    the last call) every log_every steps and after the last one. Raises FloatingPointError on a
+    non-finite loss."""
+    opts = compiler_options()
+    step = jax.jit(alg.step, compiler_options=opts)
+    state = jax.jit(alg.init, compiler_options=init_compiler_options())(key)
+    losses = []
+    for s in range(1, steps + 1):
+        state, m = step(data, state)
+        losses.append(m.loss)
+        if s % log_every == 0 or s == steps:
+            mean = float(jnp.mean(jnp.stack(losses)))
+            losses = []
+            if not np.isfinite(mean):
+                raise FloatingPointError(f"training diverged before round {s} (loss {mean})")
+            if log is not None:
+                log(s, mean)
+    return state

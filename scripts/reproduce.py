@@ -9,7 +9,8 @@ Cells: {--algos} x {--datasets} x {--num-clients} x {--seeds}; by default Table 
 methods, CIFAR-10 and CIFAR-100 with N = 10, 50, 100, Omniglot with N = 50, seeds 42, 27, 13 (3 x 7 x
 8 = 168 runs; pFedHN's reference schedule takes about 50 minutes on a 2-core CPU). Every row gets
 the same local compute: --num-steps and --eval-every are pFedHN's (one client per step); the
-baselines run 5 clients per round for a fifth of the rounds (docs/algorithms.md, "Budget"). The unfinished seeds of each row
+baselines run 5 clients per round for a fifth of the rounds (docs/algorithms.md, "Budget").
+The unfinished seeds of each row
 (algorithm, dataset, N) train in-process as one program (a leading run axis, sharded over the
 devices), each seed into `<out>/<algo>-<dataset>-n<N>-s<seed>/`, the row's checkpoint in
 `<out>/<algo>-<dataset>-n<N>/`. Rerunning the same command skips finished cells and continues

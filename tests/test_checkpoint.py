@@ -200,9 +200,9 @@ def test_process_killed_mid_save(tmp_path):
 
 
 def test_training_loops_initialiser_equals_the_plain_one(run):
-    """The loop compiles `init` with `builders.init_compiler_options` (faster to compile on CPU); its
+    """The loop compiles `init` with `xla.init_compiler_options` (faster to compile on CPU); its
     values are the plain `alg.init`'s bit for bit."""
-    from pfedhn_jax.builders import init_compiler_options
+    from pfedhn_jax.xla import init_compiler_options
     alg, _, _, states = run
     fast = jax.jit(alg.init, compiler_options=init_compiler_options())(jax.random.key(0))
     jax.tree.map(np.testing.assert_array_equal, jax.random.key_data(fast.key), jax.random.key_data(states[0].key))

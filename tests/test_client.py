@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pfedhn_jax import client
+from pfedhn_jax import client, optim
 
 
 def _batches(target, n=40, seed=0, dtype=None):
@@ -48,8 +48,8 @@ def test_local_update_equals_python_loop_float64(tiny_target, clip):
         params = jax.tree.map(lambda a: a.astype(jnp.float64), tiny_target.init(jax.random.key(0)))
         x, y = _batches(tiny_target)
         fn = _batch_fn(x, y)
-        opt = client.sgd(0.05, 0.9, 1e-3, clip)
-        noop = client.sgd(0.05, 0.9, 1e-3)
+        opt = optim.torch_sgd(0.05, 0.9, 1e-3, clip)
+        noop = optim.torch_sgd(0.05, 0.9, 1e-3)
         res = client.local_update(tiny_target.apply, params, {}, noop.init({}), fn, jax.random.key(5), 6, opt, noop)
         want, want_loss = _reference_loop(tiny_target, params, fn, jax.random.key(5), 6, 0.05, 0.9, 1e-3, clip)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), res.theta, want)
@@ -62,7 +62,7 @@ def test_fresh_optimizer_state_every_round(tiny_target):
         params = jax.tree.map(lambda a: a.astype(jnp.float64), tiny_target.init(jax.random.key(0)))
         x, y = _batches(tiny_target)
         fixed = lambda k: (x[:8], y[:8], jnp.ones(8, bool))
-        opt = client.sgd(0.05, 0.9)
+        opt = optim.torch_sgd(0.05, 0.9)
         run = lambda p, k: client.local_update(tiny_target.apply, p, {}, opt.init({}), fixed, jax.random.key(0), k, opt, opt).theta
         two_rounds = run(run(params, 3), 3)
         one_round = run(params, 6)
@@ -81,7 +81,7 @@ def test_mask_excludes_padding(tiny_target):
 
 def test_strategies_give_the_same_numbers(tiny_target):
     x, y = _batches(tiny_target, dtype=jnp.float32)
-    opt = client.sgd(0.05, 0.9, 5e-5, 50.0)
+    opt = optim.torch_sgd(0.05, 0.9, 5e-5, 50.0)
     keys = jax.random.split(jax.random.key(1), 3)
     thetas = jax.vmap(tiny_target.init)(jax.random.split(jax.random.key(2), 3))
 

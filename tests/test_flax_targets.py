@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 
 from pfedhn_jax import layers  # noqa: E402
 from pfedhn_jax.algorithm import PFedHN  # noqa: E402
-from pfedhn_jax.builders import init_compiler_options  # noqa: E402
+from pfedhn_jax.xla import init_compiler_options  # noqa: E402
 from pfedhn_jax.data.federated import FederatedData, pad_clients  # noqa: E402
 from pfedhn_jax.hypernet import HyperNetwork, merge_params, split_params  # noqa: E402
 from pfedhn_jax.targets import ConvNet, Target, from_linen, from_nnx  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 from pfedhn_jax import hetero, server
 from pfedhn_jax.algorithm import PFedHN
-from pfedhn_jax.builders import init_compiler_options
+from pfedhn_jax.xla import init_compiler_options
 from pfedhn_jax.data.federated import FederatedData, pad_clients
 from pfedhn_jax.hypernet import HyperNetwork
 from pfedhn_jax.targets import ConvNet, num_params

@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from pfedhn_jax import layers
-from pfedhn_jax.builders import resolve_conv_impl
+from pfedhn_jax.xla import resolve_conv_impl
 from pfedhn_jax.config import Config
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from pfedhn_jax import client, novel
@@ -184,24 +185,22 @@ def test_novel_split_invariants():
 # ----------------------------------------------------------------------------- baseline
 
 
-def test_fedavg_round_is_the_weighted_average_of_local_updates(tiny_target):
+def test_finetune_runs_fedavgs_local_sgd_on_each_client(tiny_target):
+    """Fine-tuning client k from one model equals FedAvg's local SGD on client k alone (and an lr
+    override changes it); the FedAvg round itself is tested in test_baselines.py."""
+    from pfedhn_jax.algorithms.fedavg import FedAvg
     data = tiny_data(3)
-    local = novel.LocalSGD(lr=0.05)
+    alg = FedAvg(tiny_target, 3, lr=0.05, batch_size=B, strategy="loop")
     init = np_init(tiny_target.init, 0, 0.3)
-    res = novel.fedavg_train(tiny_target, init, data, jax.random.key(1), rounds=1, clients_per_round=2,
-                             local_steps=3, batch_size=B, local=local)
-    # replay the round: the two chosen clients fine-tuned alone from init with the round's local keys
-    k_ids, k_local = jax.random.split(jax.random.split(jax.random.key(1), 1)[0])
-    ids = np.asarray(res.client_ids[0])
-    assert len(set(ids.tolist())) == 2
-    chosen = ClientIndex(data.train.index[ids], data.train.count[ids])
-    thetas = novel.finetune(tiny_target, init, data, chosen, k_local, 3, B, local)   # leaves (2, ...)
-    w = np.asarray(data.train.count)[ids] / np.asarray(data.train.count)[ids].sum()
-    for got, t in zip(jax.tree.leaves(res.params), jax.tree.leaves(thetas)):
-        np.testing.assert_allclose(got, w[0] * t[0] + w[1] * t[1], rtol=1e-5, atol=1e-6)
-    assert not np.allclose(jax.tree.leaves(res.params)[0], jax.tree.leaves(init)[0])
-    with pytest.raises(ValueError, match="clients_per_round"):
-        novel.fedavg_train(tiny_target, init, data, jax.random.key(1), rounds=1, clients_per_round=4)
+    thetas = novel.finetune(alg, init, data, data.train, jax.random.key(1), 3)
+    keys = jax.random.split(jax.random.key(1), 3)
+    for k in range(3):
+        batch_fn = lambda kb: novel.sample_batch(data, data.train, k, kb, B)
+        want = client.local_update(tiny_target.apply, init, {}, optax.EmptyState(), batch_fn, keys[k], 3,
+                                   alg.local_optimizer(0.05), optax.identity()).theta
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-6), thetas, want)
+    other = novel.finetune(alg, init, data, data.train, jax.random.key(1), 3, lr=0.2)
+    assert not np.allclose(jax.tree.leaves(other)[0], jax.tree.leaves(thetas)[0])
 
 
 def test_generalization_gap_is_against_pooled_training_accuracy():

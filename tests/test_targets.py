@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pfedhn_jax.builders import init_compiler_options
+from pfedhn_jax.xla import init_compiler_options
 from pfedhn_jax.layers import max_pool2
 from pfedhn_jax.targets import ConvNet, cifar_cnn, num_params, omniglot_cnn
 

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import optax
 
-from pfedhn_jax import client
+from pfedhn_jax import client, optim
 from pfedhn_jax.algorithms.base import StepMetrics
 from pfedhn_jax.algorithms.common import Baseline, BaselineState, broadcast, run_round, tree_norm_diff, weighted_mean
 from pfedhn_jax.data.federated import FederatedData
@@ -55,7 +55,7 @@ class FedAvg(Baseline):
         return split_params(params, self.keep)
 
     def local_optimizer(self, lr) -> optax.GradientTransformation:
-        return client.sgd(lr, self.momentum, self.weight_decay, self.clip)
+        return optim.torch_sgd(lr, self.momentum, self.weight_decay, self.clip)
 
     def init(self, key: jax.Array) -> BaselineState:
         return self.init_state(key, self.split)
