@@ -58,7 +58,7 @@ def measure(cfg, data, repeats: int, warmup: int, sharded: bool = False) -> dict
     from jax.sharding import NamedSharding, PartitionSpec as P
     from pfedhn_jax.builders import build_algorithm
     from pfedhn_jax.xla import at_precision, compiler_options
-    from pfedhn_jax.trainer import device_mesh
+    from pfedhn_jax.programs import device_mesh
 
     alg = build_algorithm(cfg, vmapped=sharded)
     mesh = device_mesh(1, cfg.clients_per_step) if sharded else None

@@ -211,7 +211,8 @@ def run_ours(args, algo: str, dump: Path) -> dict:
     from pfedhn_jax.xla import at_precision, compiler_options
     from pfedhn_jax.config import Config
     from pfedhn_jax.data.federated import to_device
-    from pfedhn_jax.data.replay import load_client_order, load_initial_state, load_split_file
+    from pfedhn_jax.data.replay import load_client_order, load_split_file
+    from pfedhn_jax.replay import load_initial_state
     from pfedhn_jax.data.sources import DATASETS, load_npz
 
     name = dataset_name(args.data)

@@ -1,6 +1,6 @@
 """Runs per program: the outer step of S runs (seeds) in one compiled program, S = 1, 3, 8, 24.
 
-Builds the training loop's own program (`pfedhn_jax.trainer.Trainer`: the plain step for S = 1;
+Builds the training loop's own program (`pfedhn_jax.programs.GroupPrograms`: the plain step for S = 1;
 for S > 1 a leading run axis, run by run on CPU or vmapped, and a 'runs' device mesh), compiles
 it ahead of time (reported apart), then times one outer step of all S runs and one evaluation
 (median of --repeats after --warmup).
@@ -9,7 +9,7 @@ compare `--cpu-devices 1` and `--cpu-devices auto` on the same machine, back to 
 
   run-steps/s = S / median time of one outer step of all runs    (x S=1: the gain of batching runs)
   eval_s      = median time of one evaluation of every client of all runs (val + test)
-  by_run      = the S runs go one after another (`trainer.run_by_run`; the default on CPU) rather
+  by_run      = the S runs go one after another (`programs.run_by_run`; the default on CPU) rather
                 than under `vmap`; --both times the other way too
 """
 
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     import jax
     from pfedhn_jax.builders import load_group_data
     from pfedhn_jax.config import Config
-    from pfedhn_jax.trainer import Trainer, device_mesh, padded_size
+    from pfedhn_jax.programs import GroupPrograms, device_mesh, padded_size
 
     env = common.environment(jax_info=True)
     common.print_env(env)
@@ -59,10 +59,10 @@ def main(argv=None) -> dict:
         padded = padded_size(s, len(jax.devices())) if s > 1 else 1
         seeds = list(range(s)) + [s - 1] * (padded - s)
         data, _, _ = load_group_data(cfg, seeds)
-        default = Trainer(cfg, data, padded, device_mesh(padded))
+        default = GroupPrograms(cfg, data, padded, device_mesh(padded))
         ways = [default.by_run] + ([not default.by_run] if s > 1 and args.both else [])
-        for by_run in ways:  # the Trainer's default way first, then the other one in the same process
-            trainer = default if by_run == default.by_run else Trainer(cfg, data, padded, device_mesh(padded),
+        for by_run in ways:  # the GroupPrograms's default way first, then the other one in the same process
+            trainer = default if by_run == default.by_run else GroupPrograms(cfg, data, padded, device_mesh(padded),
                                                                        by_run=by_run)
             holder = [trainer.init(seeds)]
             with common.Timer() as t:
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
                 return metrics
 
             stats = common.median_time(run, args.repeats, args.warmup, sync=jax.block_until_ready)
-            evals = common.median_time(lambda: trainer.evaluate(holder[0]), args.repeats, args.warmup)
+            evals = common.median_time(lambda: trainer.evaluate_runs(holder[0]), args.repeats, args.warmup)
             rate = s / stats["median_s"]
             base = base or rate
             row = {"runs": s, "padded_runs": padded, "devices": len(jax.devices()), "by_run": trainer.by_run,

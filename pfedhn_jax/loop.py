@@ -1,6 +1,6 @@
 """The outer loop: a `Config` (and optionally several seeds) in, trained runs and results out.
 
-One program trains a group of R runs (R = 1, or one per seed of `--seeds`; `trainer.Trainer`).
+One program trains a group of R runs (R = 1, or one per seed of `--seeds`; `programs.GroupPrograms`).
 The host only decides cadence (evaluate, log, checkpoint) and keeps at most two outer steps in
 flight, so a stop request (SIGINT / SIGTERM) is honoured within one outer step. A single run
 writes `<out>/results.json`; a group writes `<out>/seed-<s>/results.json` (the same schema) and
@@ -28,7 +28,7 @@ from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
 from pfedhn_jax.history import Group, RunRecord, check_finite, communication, summarize_group
 from pfedhn_jax.resume import finished_results, open_checkpoints
 from pfedhn_jax.signals import check_start, log, stop_now, stop_requests
-from pfedhn_jax.trainer import Trainer, device_mesh, padded_size
+from pfedhn_jax.programs import GroupPrograms, device_mesh, padded_size
 
 
 def is_eval_step(step: int, cfg: Config) -> bool:
@@ -137,16 +137,16 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
             f"seed{'s' if len(set(seeds)) > 1 else ''} {', '.join(map(str, dict.fromkeys(group.seeds)))})")
         data, _, descs = load_group_data(cfg, seeds)
         check_start(stop, "loading data")
-        trainer = Trainer(cfg, data, padded, mesh)
+        programs = GroupPrograms(cfg, data, padded, mesh)
         if r > 1:
             log(f"{r} runs in one program on {len(devices)} device(s)"
                 + (f" (+{padded - r} padding run(s) to fill them)" if padded > r else ""))
-        elif trainer.mesh is not None:
+        elif programs.mesh is not None:
             log(f"{cfg.clients_per_step} clients per step split over {len(devices)} devices")
-        state = trainer.init(seeds, lrs)
+        state = programs.init(seeds, lrs)
         if cfg.init_from is not None:  # replay: the reference's initial weights
-            from pfedhn_jax.data.replay import load_initial_state
-            one = load_initial_state(cfg.init_from, trainer.alg, jax.tree.map(lambda a: a[0], state))
+            from pfedhn_jax.replay import load_initial_state
+            one = load_initial_state(cfg.init_from, programs.alg, jax.tree.map(lambda a: a[0], state))
             state = jax.tree.map(lambda a: a[None], one)
         client_order = None
         if cfg.client_order is not None:  # replay: the reference's client of every step, (T, R=1, C=1)
@@ -154,17 +154,17 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
             client_order = load_client_order(cfg.client_order, cfg.num_clients, cfg.num_steps)[:, None, None]
         ckpt, state, resumed = open_checkpoints(group, state)
         log(f"compiling the outer step and the evaluation on {jax.default_backend()}")
-        compile_s = trainer.compile(state, with_client_ids=client_order is not None)
+        compile_s = programs.compile(state, with_client_ids=client_order is not None)
         log(f"compiled in {compile_s:.1f} s")
         check_start(stop, "compiling")
-        comm = communication(trainer.alg, cfg)
+        comm = communication(programs.alg, cfg)
         if not resumed:
             env = rio.environment()
             group.records = [RunRecord(group.run_config(i), {
                 "config": group.run_config(i).to_dict(), "data": descs[i], "environment": env,
-                "algorithm": {**trainer.alg.describe(), "lr": lrs[i], "conv_impl": trainer.conv_impl},
+                "algorithm": {**programs.alg.describe(), "lr": lrs[i], "conv_impl": programs.conv_impl},
                 "group": {"seeds": group.seeds, "lrs": group.lrs, "padded_runs": padded, "devices": len(devices),
-                          "by_run": trainer.by_run}
+                          "by_run": programs.by_run}
                 if r > 1 else None,
                 "communication": comm, "compile_s": compile_s, "status": "running", "curves": [], "best": None},
                 wall_s=time.perf_counter() - t0) for i in range(r)]
@@ -178,10 +178,10 @@ def _train(group: Group, progress: bool, stop_at: int | None, tensorboard: bool,
                 rec.results["communication"] = comm
         if group.out is not None and is_main():
             group.out.mkdir(parents=True, exist_ok=True)
-        return _loop(group, trainer, state, ckpt, stop, progress, stop_at, tensorboard, client_order)
+        return _loop(group, programs, state, ckpt, stop, progress, stop_at, tensorboard, client_order)
 
 
-def _loop(group: Group, trainer: Trainer, state, ckpt: Checkpointer | None, stop: dict,
+def _loop(group: Group, programs: GroupPrograms, state, ckpt: Checkpointer | None, stop: dict,
           progress: bool, stop_at: int | None, tensorboard: bool, client_order: np.ndarray | None) -> list[dict]:
     cfg = group.cfg
     step = group.step
@@ -208,7 +208,7 @@ def _loop(group: Group, trainer: Trainer, state, ckpt: Checkpointer | None, stop
         stopping = False  # the processes' common decision (signals.stop_now), not this process's alone
         while step < last and not (stopping := stop_now(stop)):
             ids = None if client_order is None else client_order[step]
-            state, metrics = trainer.step(state, ids)
+            state, metrics = programs.step(state, ids)
             if previous is not None:  # at most two steps in flight: a stop is honoured within one step
                 jax.block_until_ready(previous)
             previous = metrics
@@ -219,7 +219,7 @@ def _loop(group: Group, trainer: Trainer, state, ckpt: Checkpointer | None, stop
                 losses = check_finite(group.pending, step - len(group.pending), group.labels)
                 jax.block_until_ready(state)
                 add_time(time.perf_counter() - t_seg)
-                _evaluate(group, trainer, state, step, losses, writers, bar)
+                _record_evaluation(group, programs, state, step, losses, writers, bar)
                 group.pending = []
                 group.write("running")
                 t_seg = time.perf_counter()
@@ -256,10 +256,10 @@ def _loop(group: Group, trainer: Trainer, state, ckpt: Checkpointer | None, stop
     return [{**rec.results, "state": single} if i == 0 else dict(rec.results) for i, rec in enumerate(group.records)]
 
 
-def _evaluate(group: Group, trainer: Trainer, state, step: int, losses: np.ndarray, writers, bar) -> None:
+def _record_evaluation(group: Group, programs: GroupPrograms, state, step: int, losses: np.ndarray, writers, bar) -> None:
     """Evaluate every client of every run on val and test; record the curve points."""
     t_eval = time.perf_counter()
-    summaries = trainer.evaluate(state)
+    summaries = programs.evaluate_runs(state)
     eval_s = time.perf_counter() - t_eval
     for r, rec in enumerate(group.records):
         val, test = summaries[r]

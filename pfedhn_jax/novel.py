@@ -15,9 +15,9 @@ Pieces (pure functions over pytrees; host NumPy for the split):
                                       (both in data/shift.py, plain NumPy; re-exported here)
   with_clients                        device data for another set of clients (images shared)
   fit_novel_embeddings                φ frozen, K embeddings fitted in ONE vmapped, jitted program
-  novel_params, evaluate, generalization_gap                  evaluation
+  novel_params, evaluate_models, generalization_gap                  evaluation
   finetune                            the baseline's fine-tuning of a FedAvg model (`algorithms.fedavg.FedAvg`,
-                                      trained by `trainer.train_plain`) on each client
+                                      trained by `programs.train_plain`) on each client
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def novel_params(alg: PFedHN, hnet_params: Params, embeddings: jax.Array) -> Par
     return alg.hnet.apply({**hnet_params, "embeddings": emb}, jnp.arange(emb.shape[0]))
 
 
-def evaluate(apply_fn: Callable[[Params, jax.Array], jax.Array], params: Params, data: FederatedData,
+def evaluate_models(apply_fn: Callable[[Params, jax.Array], jax.Array], params: Params, data: FederatedData,
              split: ClientIndex) -> ClientMetrics:
     """`evaluate.evaluate_clients` under jit: client i's params (leaves (N, ...)) on its samples of split."""
     return xla.jit(evaluate_clients, ("apply_fn", "clients_per_batch"))(apply_fn, params, data, split)

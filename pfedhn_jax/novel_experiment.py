@@ -27,7 +27,7 @@ from pfedhn_jax import novel, results
 from pfedhn_jax.algorithms.common import broadcast
 from pfedhn_jax.algorithms.fedavg import FedAvg
 from pfedhn_jax.builders import build_algorithm
-from pfedhn_jax.trainer import train_plain
+from pfedhn_jax.programs import train_plain
 from pfedhn_jax.xla import matmul_precision
 from pfedhn_jax.config import Config
 from pfedhn_jax.data.federated import ClientIndex, to_device
@@ -110,7 +110,7 @@ def _run(args: NovelExperiment, cfg: Config, t_start: float, log: Callable[[str]
     key = jax.random.key(args.seed)
     k_hn, k_fit, _, k_fedavg, k_ft = jax.random.split(key, 5)
     # Every evaluation runs on all N + M clients at once (one compiled program); metrics are split after.
-    evaluate_all = lambda params: jax.device_get(novel.evaluate(alg.target.apply, params, alld, alld.test))
+    evaluate_all = lambda params: jax.device_get(novel.evaluate_models(alg.target.apply, params, alld, alld.test))
     part = lambda met, sl: jax.tree.map(lambda a: a[sl], met)
     cat = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
 

@@ -16,7 +16,7 @@ from conftest import ROOT, TINY_RUN, xla_env
 from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
-from pfedhn_jax.trainer import Trainer
+from pfedhn_jax.programs import GroupPrograms
 
 SEEDS = [5, 6]  # every in-process group is 2 runs: one compiled program shared by the tests (and test_distributed)
 
@@ -112,7 +112,7 @@ def test_vmapped_and_run_by_run_groups_agree(fake_dir):
     evaluate to the same numbers; the single-run tests above cover the default way."""
     cfg = tiny(fake_dir, None)
     data, _, _ = load_group_data(cfg, SEEDS)
-    by_run, vmapped = (Trainer(cfg, data, len(SEEDS), by_run=b) for b in (True, False))
+    by_run, vmapped = (GroupPrograms(cfg, data, len(SEEDS), by_run=b) for b in (True, False))
     assert by_run.by_run and not vmapped.by_run and (by_run.conv_impl, vmapped.conv_impl) == ("nhwc_vjp", "im2col")
     s0 = by_run.init(SEEDS)
     state, m = by_run.step(s0)
@@ -121,7 +121,7 @@ def test_vmapped_and_run_by_run_groups_agree(fake_dir):
     np.testing.assert_allclose(m.loss, m_v.loss, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state.server.params,
                  state_v.server.params)
-    a, b = by_run.evaluate(state), vmapped.evaluate(state)  # [(val, test) summaries] per run
+    a, b = by_run.evaluate_runs(state), vmapped.evaluate_runs(state)  # [(val, test) summaries] per run
     assert len(a) == len(b) == len(SEEDS)
     for run_a, run_b in zip(a, b):
         for x, y in zip(run_a, run_b):
@@ -156,7 +156,7 @@ import jax, numpy as np
 from pfedhn_jax.builders import load_group_data
 from pfedhn_jax.config import Config
 from pfedhn_jax.loop import train, train_seeds
-from pfedhn_jax.trainer import Trainer, device_mesh
+from pfedhn_jax.programs import GroupPrograms, device_mesh
 cfg, ccfg, seeds = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.argv[3])), json.loads(sys.argv[2])
 save = lambda name, params: np.savez(f"{sys.argv[5]}/{name}.npz", **{str(i): np.asarray(x) for i, x in
                                                                     enumerate(jax.tree.leaves(jax.device_get(params)))})
@@ -167,7 +167,7 @@ for n in json.loads(sys.argv[4]):  # device counts, each a prefix of the forced 
     save(f"params-{n}", g["state"].server.params)
     if n == 4:  # the accelerators' way on the same mesh: the runs vmapped, sharded over 'runs'
         padded = seeds + [seeds[-1]] * (n - len(seeds))
-        t = Trainer(cfg, load_group_data(cfg, padded)[0], n, device_mesh(n, 1, devices), by_run=False)
+        t = GroupPrograms(cfg, load_group_data(cfg, padded)[0], n, device_mesh(n, 1, devices), by_run=False)
         state = t.init(padded)
         for _ in range(cfg.num_steps):
             state = t.step(state)[0]
@@ -242,7 +242,7 @@ def test_matmul_precision_is_traced_into_every_program(fake_dir, singles):
     NVIDIA GPUs). The two do not share compiled programs, and on CPU they compute the same numbers."""
     for precision, mark, other in (("float32", "HIGHEST", "DEFAULT"), ("default", "DEFAULT", "HIGHEST")):
         cfg = tiny(fake_dir, None, seed=SEEDS[0], matmul_precision=precision)
-        trainer = Trainer(cfg, load_group_data(cfg, SEEDS[:1])[0], 1)
+        trainer = GroupPrograms(cfg, load_group_data(cfg, SEEDS[:1])[0], 1)
         for lowered in trainer.lower(trainer.init(SEEDS[:1])):
             ops = [line for line in lowered.as_text().splitlines()
                    if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pfedhn_jax import builders
-from pfedhn_jax.trainer import Trainer
+from pfedhn_jax.programs import GroupPrograms
 from pfedhn_jax.config import Config
 from pfedhn_jax.server import hypernet_grads
 
@@ -171,15 +171,15 @@ def test_evaluation_uses_each_clients_own_head(cfg, loaded, pc_run):
     # j's accuracy changes, and it becomes exactly the share of class k in j's own validation set
     stack = lambda t: jax.tree.map(lambda a: a[None], t)  # a group of one run
     group_data = data._replace(**{k: stack(getattr(data, k)) for k in ("train", "val", "test")})
-    trainer = Trainer(cfg, group_data, num_runs=1)
-    (val0, test0), = trainer.evaluate(stack(state))
+    trainer = GroupPrograms(cfg, group_data, num_runs=1)
+    (val0, test0), = trainer.evaluate_runs(stack(state))
     j = 1
     k = int(loaded[1].assignment.classes[j][0])
     priv = state.clients.private
     rigged_head = {"kernel": priv[head]["kernel"].at[j].set(0.0),
                    "bias": priv[head]["bias"].at[j].set(jax.nn.one_hot(k, alg.target.n_classes) * 10.0)}
     rigged = state._replace(clients=state.clients._replace(private={**priv, head: rigged_head}))
-    (val1, test1), = trainer.evaluate(stack(rigged))
+    (val1, test1), = trainer.evaluate_runs(stack(rigged))
     for before, after, split in ((val0, val1, data.val), (test0, test1, data.test)):
         idx = np.asarray(split.index[j, :int(split.count[j])])
         want = float(np.mean(np.asarray(data.y)[idx] == k))

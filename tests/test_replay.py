@@ -15,7 +15,8 @@ import pytest
 from pfedhn_jax import targets
 from pfedhn_jax.algorithm import PFedHN
 from pfedhn_jax.data.federated import to_device
-from pfedhn_jax.data.replay import load_client_order, load_initial_state, load_split_file
+from pfedhn_jax.data.replay import load_client_order, load_split_file
+from pfedhn_jax.replay import load_initial_state
 from pfedhn_jax.data.sources import DATASETS, RawDataset
 from pfedhn_jax.errors import UserError
 from pfedhn_jax.hypernet import HyperNetwork

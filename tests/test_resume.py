@@ -24,7 +24,7 @@ from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.errors import DataError, DivergenceError, UserError
 from pfedhn_jax.loop import train
-from pfedhn_jax.trainer import Trainer
+from pfedhn_jax.programs import GroupPrograms
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_changed_data_file_is_refused_on_resume(fake_dir, tmp_path):
 
 def test_injected_nan_stops_and_keeps_last_good_checkpoint(fake_dir, tmp_path, monkeypatch):
     cfg = tiny(fake_dir, tmp_path / "a", num_steps=30, eval_every=4, checkpoint_every=5)
-    real_step = Trainer.step
+    real_step = GroupPrograms.step
 
     def poisoned(self, state, client_ids=None):
         state, m = real_step(self, state, client_ids)
@@ -118,12 +118,12 @@ def test_injected_nan_stops_and_keeps_last_good_checkpoint(fake_dir, tmp_path, m
             m = m._replace(loss=m.loss * np.nan)
         return state, m
 
-    monkeypatch.setattr(Trainer, "step", poisoned)
+    monkeypatch.setattr(GroupPrograms, "step", poisoned)
     with pytest.raises(DivergenceError, match=r"outer step 12 \(client \d+\)"):
         train(cfg, progress=False)
     ckpt = Checkpointer(tmp_path / "a" / "checkpoints")
     assert ckpt.all_steps() == [5, 10]
-    monkeypatch.setattr(Trainer, "step", real_step)
+    monkeypatch.setattr(GroupPrograms, "step", real_step)
     clean = train(dataclasses.replace(cfg, out=str(tmp_path / "clean")), progress=False, stop_at=10)
     template = jax.tree.map(lambda a: a[None], clean["state"])  # checkpoints hold a leading run axis
     state, host = ckpt.restore(template)

@@ -1,12 +1,13 @@
 """The compiled programs of a group of R runs: one outer step of every run, every run's evaluation.
 
-The runs of a group share the algorithm and the images and differ in their seed (split, initial
-weights, client and batch draws) and hypernetwork learning rate: the state and the per-client
+The runs of a group share the algorithm (any `algorithms.base.FederatedAlgorithm`) and the images
+and differ in their seed (split, initial weights, client and batch draws) and swept learning rate
+(`with_learning_rate`): the state and the per-client
 index arrays carry a leading run axis, which `vmap` batches and the mesh axis 'runs' shards, so R
 runs train in one program on every device (on CPU the runs of a device go one after another,
 `run_by_run`, which is faster there). A single run with several clients per step shards its
-clients over the mesh axis 'clients' instead (`PFedHN.client_sharding`). A group of one runs the
-plain program (`PFedHN.step` on unbatched leaves), so a single run is exactly the library's step;
+clients over the mesh axis 'clients' instead (`client_sharding`). A group of one runs the
+plain program (`alg.step` on unbatched leaves), so a single run is exactly the library's step;
 tests check that R runs in one program give the numbers of R single runs.
 """
 
@@ -84,8 +85,8 @@ def padded_size(num_runs: int, num_devices: int) -> int:
     return -(-num_runs // num_devices) * num_devices
 
 
-class Trainer:
-    """Compiled step and evaluation for `num_runs` runs of one config's algorithm.
+class GroupPrograms:
+    """Compiled step and evaluation for `num_runs` runs of one config's algorithm (what the loop runs).
 
     data: FederatedData whose ClientIndex leaves have a leading run axis (R, N, L).
     States passed in and out have a leading run axis R on every leaf.
@@ -171,7 +172,7 @@ class Trainer:
         return step.lower(self.data, state, ids), ev.lower(self.data, state)
 
     def compile(self, state: Any, with_client_ids: bool = False) -> float:
-        """Compile `lower`'s programs ahead of time; returns seconds spent. A later Trainer of the
+        """Compile `lower`'s programs ahead of time; returns seconds spent. A later GroupPrograms of the
         same algorithm, precision, mesh and shapes in this process reuses the executables (a grid,
         a resumed run, tests)."""
         t0 = time.perf_counter()
@@ -199,7 +200,7 @@ class Trainer:
         (the program must have been compiled `with_client_ids`)."""
         return self._step(self.data, state, None if client_ids is None else jnp.asarray(client_ids, jnp.int32))
 
-    def evaluate(self, state: Any) -> list[tuple[dict, dict]]:
+    def evaluate_runs(self, state: Any) -> list[tuple[dict, dict]]:
         """(val, test) summaries of every run (`evaluate.summarize`), in run order."""
         val, test = jax.device_get(self._eval(self.data, state))
         pick = lambda m, r: jax.tree.map(lambda a: a[r], m)
