@@ -103,15 +103,19 @@ def _mean_std(accs: list) -> tuple[float, float]:
 
 def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) -> dict:
     """summary.json of a group: each run's best-val test accuracy and the mean ± std (ddof = 0) over
-    seeds. A sweep (`--lrs`) has one row per hypernetwork learning rate under "rows" (and
-    "best_lr", the row with the highest mean); without one, the seeds' fields are top-level."""
+    seeds. A sweep (`--lrs`) has one row per learning rate under "rows", each with its best
+    validation accuracy too, and "best_lr": the row with the highest mean VALIDATION accuracy (tuning
+    never looks at test); without a sweep, the seeds' fields are top-level."""
     first = records[0].results
-    accs = [r.results.get("best", {}) and r.results["best"]["test_acc"] for r in records]
-    rows = {}
-    for rec, acc in zip(records, accs):
-        rows.setdefault(rec.cfg.effective_lr, {})[str(rec.cfg.seed)] = acc
+    best = lambda r, k: r.results.get("best", {}) and r.results["best"][k]
+    rows, vals = {}, {}
+    for rec in records:
+        rows.setdefault(rec.cfg.effective_lr, {})[str(rec.cfg.seed)] = best(rec, "test_acc")
+        vals.setdefault(rec.cfg.effective_lr, {})[str(rec.cfg.seed)] = best(rec, "best_val_acc")
     rows = [{"lr": lr, "seeds": [int(s) for s in by_seed], "test_acc_at_best_val": by_seed,
-             **dict(zip(("mean", "std"), _mean_std(list(by_seed.values()))))} for lr, by_seed in rows.items()]
+             **dict(zip(("mean", "std"), _mean_std(list(by_seed.values())))),
+             "best_val_acc": vals[lr], "val_mean": _mean_std(list(vals[lr].values()))[0]}
+            for lr, by_seed in rows.items()]
     out = {"status": status, "config": {k: v for k, v in first["config"].items() if k not in ("seed", "out", "lr")},
            "data": {k: first["data"].get(k) for k in ("dataset", "label", "source", "sha256")},
            "steps": first.get("final", {}).get("step", 0),
@@ -120,9 +124,11 @@ def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) 
     if not sweep:
         out["config"]["lr"] = first["config"]["lr"]
         return {**out, **{k: v for k, v in rows[0].items() if k != "lr"}}
-    ranked = [r for r in rows if not math.isnan(r["mean"])]
+    for r in rows:
+        r.pop("best_val_acc")
+    ranked = [r for r in rows if not math.isnan(r["val_mean"])]
     return {**out, "sweep": "lr", "rows": rows,
-            "best_lr": max(ranked, key=lambda r: r["mean"])["lr"] if ranked else None}
+            "best_lr": max(ranked, key=lambda r: r["val_mean"])["lr"] if ranked else None}
 
 
 def render_group(summary: dict) -> str:
@@ -143,13 +149,13 @@ def render_group(summary: dict) -> str:
     fmt = lambda a: f"{a:.4f}" if isinstance(a, float) and not math.isnan(a) else "—"
     if rows:
         seeds = rows[0]["seeds"]
-        lines += [f"| hypernetwork lr | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std (ddof=0) |",
-                  "|---" * (len(seeds) + 2) + "|"]
-        lines += [f"| {r['lr']:g} | {' | '.join(fmt(r['test_acc_at_best_val'][str(s)]) for s in seeds)} | "
+        lines += [f"| --lr | best val acc, mean | {' | '.join(f'test, seed {s}' for s in seeds)} | test mean ± std (ddof=0) |",
+                  "|---" * (len(seeds) + 3) + "|"]
+        lines += [f"| {r['lr']:g} | {fmt(r['val_mean'])} | {' | '.join(fmt(r['test_acc_at_best_val'][str(s)]) for s in seeds)} | "
                   f"{fmt(r['mean'])} ± {fmt(r['std'])} |" for r in rows]
         best = summary["best_lr"]
-        lines += ["", "Test accuracy at the best validation step; "
-                  + (f"best mean at lr {best:g}." if best is not None else "no run has been evaluated yet.")]
+        lines += ["", "Test accuracy at the best validation step; the rate is chosen on validation: "
+                  + (f"lr {best:g}." if best is not None else "no run has been evaluated yet.")]
         return "\n".join(lines) + "\n"
     lines += ["| seed | test acc at best val |", "|---|---|"]
     lines += [f"| {s} | {fmt(a)} |" for s, a in summary["test_acc_at_best_val"].items()]

@@ -210,7 +210,7 @@ def _report_group(group: dict, cfg: Config) -> int:
     if "rows" in s:
         rows = ", ".join(f"lr {r['lr']:g}: {r['mean']:.4f} ± {r['std']:.4f}" for r in s["rows"])
         print(f"test acc at the best val step, mean ± std over {len(s['rows'][0]['seeds'])} seed(s): {rows}; "
-              f"best lr {s['best_lr']:g}{where}")
+              f"lr chosen on validation {s['best_lr']:g}{where}")
         return 0
     per_seed = ", ".join(f"{k}: {v:.4f}" for k, v in s["test_acc_at_best_val"].items())
     print(f"test acc at the best val step, {len(s['seeds'])} seeds: {s['mean']:.4f} ± {s['std']:.4f} "

@@ -103,7 +103,9 @@ def test_learning_rate_sweep_in_one_program_equals_single_runs(fake_dir, tmp_pat
     assert [r["lr"] for r in summary["rows"]] == [5e-2, 0.2] and summary["sweep"] == "lr"
     accs = [g["runs"][r]["best"]["test_acc"] for r in range(2)]
     assert summary["rows"][1]["mean"] == pytest.approx(accs[1], abs=1e-9)
-    assert summary["best_lr"] == (0.2 if accs[1] > accs[0] else 5e-2)
+    vals = [g["runs"][r]["best"]["best_val_acc"] for r in range(2)]
+    assert summary["rows"][1]["val_mean"] == pytest.approx(vals[1], abs=1e-9)
+    assert summary["best_lr"] == (0.2 if vals[1] > vals[0] else 5e-2)   # chosen on validation, not test
     assert "| 0.2 |" in (out / "summary.md").read_text()
 
 
