@@ -350,3 +350,40 @@ def test_sigterm_then_rerun_is_bit_identical_for_a_baseline(small_cifar_dir, tmp
                      progress=False, stop_at=step + 4)
     assert rerun["status"] == "paused" and rerun["resumed"][0]["at_step"] == step
     assert points(rerun) == points(straight), (step, points(rerun), points(straight))
+
+
+DEVICES_SCRIPT = """
+import dataclasses, json, sys
+import jax, numpy as np
+from pfedhn_jax.config import Config
+from pfedhn_jax.loop import train, train_seeds
+cfg = Config(**json.loads(sys.argv[1]))
+flat = lambda tree: [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+                     for x in jax.tree.leaves(jax.device_get(tree))]
+out = {}
+for n in (1, 2):
+    devices = jax.devices()[:n]
+    g = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-seeds-{n}"), [5, 6], progress=False, devices=devices)
+    c = train(dataclasses.replace(cfg, strategy="vmap", out=None), progress=False, devices=devices)
+    out[n] = (g, c)
+(g1, c1), (g2, c2) = out[1], out[2]
+assert g2["runs"][0]["group"]["devices"] == 2 and g1["runs"][0]["group"]["devices"] == 1
+for a, b in zip(flat(g1["state"]) + flat(c1["state"]), flat(g2["state"]) + flat(c2["state"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+for r in range(2):
+    assert [p["val_acc"] for p in g1["runs"][r]["curves"]] == [p["val_acc"] for p in g2["runs"][r]["curves"]]
+assert [p["val_acc"] for p in c1["curves"]] == [p["val_acc"] for p in c2["curves"]]
+print("ok")
+"""
+
+
+def test_forced_host_devices_give_the_same_numbers(small_cifar_dir, tmp_path, algo="fedper"):
+    """On 2 forced host CPU devices, in one process: two seeds sharded over the devices, and one
+    run's 2 clients of a round split over them, equal the same on one device. FedPer: a server part
+    averaged over the sharded clients and a personal part scattered back; every baseline's round
+    runs its clients through the same `common.run_round`."""
+    from conftest import xla_env
+    cfg = dataclasses.asdict(tiny(small_cifar_dir, algo, tmp_path / "out"))
+    p = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, json.dumps(cfg)], capture_output=True, text=True,
+                       env=xla_env(2), cwd=ROOT, timeout=600)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-3000:]
