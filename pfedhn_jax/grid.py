@@ -30,14 +30,18 @@ QUICK = {"num_steps": 20, "inner_steps": 5, "eval_every": 10}
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
+    """One run of the grid; `lr` set: one value of the row's learning-rate sweep (--lr-factors)."""
+
     algo: str
     dataset: str
     num_clients: int
     seed: int
+    lr: float | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.algo}-{self.dataset}-n{self.num_clients}-s{self.seed}"
+        base = f"{self.algo}-{self.dataset}-n{self.num_clients}-s{self.seed}"
+        return base if self.lr is None else f"{base}-lr{self.lr:g}"
 
     @property
     def group(self) -> tuple[str, str, int]:
@@ -45,11 +49,21 @@ class Cell:
         return self.algo, self.dataset, self.num_clients
 
 
+def sweep_lrs(algo: str, factors: Iterable[float] | None) -> list[float | None]:
+    """The learning rates a row sweeps: the algorithm's default --lr times each factor ([None]: none)."""
+    if not factors:
+        return [None]
+    base = Config(algo=algo).effective_lr
+    return [float(f"{base * f:.6g}") for f in factors]
+
+
 def list_cells(algos: Iterable[str] = TABLE_ALGOS, datasets: Iterable[str] = DATASETS,
                num_clients: Iterable[int] | None = None, seeds: Iterable[int] = SEEDS,
-               log: Callable[[str], None] = print) -> list[Cell]:
-    """The grid's cells in run order (dataset, N, algorithm, seed). `num_clients=None`: Table 1's values
-    per dataset. Cells with more clients than a dataset supports are dropped, with a message."""
+               log: Callable[[str], None] = print, lr_factors: Iterable[float] | None = None) -> list[Cell]:
+    """The grid's cells in run order (dataset, N, algorithm, lr, seed). `num_clients=None`: Table 1's values
+    per dataset. Cells with more clients than a dataset supports are dropped, with a message.
+    lr_factors: each row sweeps its algorithm's default --lr times these (chosen on validation by
+    `report`); None: the defaults only."""
     cells = []
     for dataset in datasets:
         ds = spec(dataset)
@@ -59,7 +73,8 @@ def list_cells(algos: Iterable[str] = TABLE_ALGOS, datasets: Iterable[str] = DAT
             log(f"{dataset}: skipping N={','.join(map(str, too_many))} ({ds.label} supports at most "
                 f"{ds.max_clients} clients)")
             ns = tuple(n for n in ns if n not in too_many)
-        cells += [Cell(a, dataset, n, s) for n in ns for a in algos for s in seeds]
+        cells += [Cell(a, dataset, n, s, lr) for n in ns for a in algos for lr in sweep_lrs(a, lr_factors)
+                  for s in seeds]
     return cells
 
 
@@ -76,6 +91,8 @@ def cell_config(cell: Cell, out: str | os.PathLike, **fields: Any) -> Config:
         c = min(c, cell.num_clients)
         fields = {**fields, "clients_per_step": c, "num_steps": -(-ref.num_steps // c),
                   "eval_every": -(-ref.eval_every // c)}
+    if cell.lr is not None:
+        fields = {**fields, "lr": cell.lr}
     return Config(algo=cell.algo, dataset=cell.dataset, num_clients=cell.num_clients, seed=cell.seed,
                   out=str(Path(out) / cell.name), **fields)
 
@@ -114,10 +131,11 @@ def row_folder(cell: Cell, out: str | os.PathLike) -> Path:
     return Path(out) / f"{cell.algo}-{cell.dataset}-n{cell.num_clients}"
 
 
-def train_row(cfg: Config, seeds: list[int], run_dirs: list[str], progress: bool = False) -> list[dict]:
-    """The seeds of one row in one program (`loop.train_seeds`); returns each seed's results."""
+def train_row(cfg: Config, seeds: list[int], run_dirs: list[str], progress: bool = False,
+              lrs: list[float] | None = None) -> list[dict]:
+    """The seeds (x lrs, lr-major) of one row in one program (`loop.train_seeds`); each run's results."""
     from pfedhn_jax.loop import train_seeds
-    return train_seeds(cfg, seeds, progress=progress, run_dirs=run_dirs)["runs"]
+    return train_seeds(cfg, seeds, progress=progress, run_dirs=run_dirs, lrs=lrs)["runs"]
 
 
 def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], *, overwrite: bool = False,
@@ -171,21 +189,30 @@ def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], 
             continue
         folder = row_folder(first, out)
         resume = has_checkpoint(folder)
-        seeds = [c.seed for c, _ in members]
+        seeds = list(dict.fromkeys(c.seed for c, _ in members))
+        lrs = list(dict.fromkeys(c.lr for c, _ in members))
+        sweep = lrs != [None]
+        if sweep:  # one program runs every (lr, seed) pair: the unfinished seeds at every lr of the row
+            states = {(c.lr, c.seed): st for c, st in members}
+            lrs = [lr for lr in dict.fromkeys(c.lr for c in cells if c.group == first.group)]
+            members = [(dataclasses.replace(first, seed=sd, lr=lr), states.get((lr, sd), "finished"))
+                       for lr in lrs for sd in seeds]
         cfg = dataclasses.replace(cell_config(first, out, **fields), out=str(folder),
                                   overwrite=not resume and any(st != "new" for _, st in members))
         run_dirs = [cell_config(c, out, **fields).out for c, _ in members]
         log(f"{folder.name}: {'continuing' if resume else 'training'} seed(s) {', '.join(map(str, seeds))} "
-            "in one program")
+            + (f"x lr {', '.join(f'{lr:g}' for lr in lrs)} " if sweep else "") + "in one program")
+        run = lambda c: train_fn(c, seeds, run_dirs, progress, lrs=lrs) if sweep else train_fn(c, seeds, run_dirs,
+                                                                                            progress)
         try:
             try:
-                results = train_fn(cfg, seeds, run_dirs, progress)
+                results = run(cfg)
             except UserError as e:
                 if not resume or "different config" not in str(e):
                     raise
                 log(f"{folder.name}: its checkpoint holds other runs ({e}); starting these seeds over")
                 resume, cfg = False, dataclasses.replace(cfg, overwrite=True)
-                results = train_fn(cfg, seeds, run_dirs, progress)
+                results = run(cfg)
         except DataError as e:
             unavailable[first.dataset] = str(e)
             log(f"{first.dataset}: cannot read the dataset ({e}); skipping its cells")

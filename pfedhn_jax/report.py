@@ -44,6 +44,8 @@ class Row:
     paper: Published | None
     schedule: str                 # "steps x inner steps"
     status: str                   # "" or why the row is empty
+    lr: float | None = None       # the --lr chosen on validation, when the row swept several
+    lr_val: dict = dataclasses.field(default_factory=dict)   # each swept lr's mean best-val accuracy (%)
 
     @property
     def diff(self) -> float:
@@ -70,6 +72,14 @@ def collect(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any],
         groups.setdefault(c.group, []).append(c)
     rows = []
     for (algo, dataset, n), members in groups.items():
+        chosen, lr_val = None, {}
+        if any(c.lr is not None for c in members):  # a sweep: keep the lr with the best mean validation accuracy
+            for lr in dict.fromkeys(c.lr for c in members):
+                vals = [100.0 * float(finished[c]["best"]["best_val_acc"]) for c in members if c.lr == lr and c in finished]
+                if vals:
+                    lr_val[lr] = sum(vals) / len(vals)
+            chosen = max(lr_val, key=lr_val.get) if lr_val else None
+            members = [c for c in members if c.lr == (chosen if chosen is not None else members[0].lr)]
         done = [c for c in members if c in finished]
         accs = [100.0 * float(finished[c]["best"]["test_acc"]) for c in done]
         shas = {(finished[c].get("data") or {}).get("sha256") for c in done}
@@ -84,7 +94,7 @@ def collect(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any],
         m, s = mean_std(accs)
         rows.append(Row(algo, dataset, n, label, [c.seed for c in done], len(members), accs, m, s,
                         PAPER.get((algo, dataset, n)), f"{cfg0.num_steps} x {cfg0.inner_steps}" + (f" x {cfg0.clients_per_step} clients" if cfg0.clients_per_step > 1 else ""),
-                        status))
+                        status, chosen, lr_val))
     return rows
 
 
@@ -112,13 +122,18 @@ def render_markdown(rows: list[Row], note: str) -> str:
              "Ours: mean ± std (population, ddof=0) over the finished seeds, or (n=1) for one seed; pooled "
              "accuracy over all clients (docs/reference.md §5). Paper: Table 1 (docs/reference.md §6; `~` = "
              "recalled, not yet checked against the paper). diff = ours − paper.", "",
-             "| algorithm | dataset | N | seeds | ours | paper | diff | schedule | per seed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| algorithm | dataset | N | seeds | ours | paper | diff | schedule | --lr | per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per_seed = ", ".join(f"s{s}: {a:.2f}" for s, a in zip(r.seeds, r.test_accs))
         diff = "—" if math.isnan(r.diff) else f"{r.diff:+.2f}"
+        lr = ("default" if not r.lr_val else f"{r.lr:g} (val {r.lr_val[r.lr]:.2f}; swept "
+              + ", ".join(f"{k:g}: {v:.2f}" for k, v in r.lr_val.items()) + ")")
         lines.append(f"| {ALGO_NAMES.get(r.algo, r.algo)} | {r.label} | {r.num_clients} | {len(r.seeds)}/{r.requested} "
-                     f"| {_ours(r)} | {r.paper if r.paper else '—'} | {diff} | {r.schedule} | {per_seed} |")
+                     f"| {_ours(r)} | {r.paper if r.paper else '—'} | {diff} | {r.schedule} | {lr} | {per_seed} |")
+    if any(r.lr_val for r in rows):
+        lines += ["", "--lr: a swept row reports the rate with the best mean validation accuracy (val %, best "
+                      "validation step, mean over the seeds); its test accuracy is never looked at to choose."]
     if any("JPEG" in r.label for r in rows):
         lines += ["", "CIFAR-10 (JPEG copy): the offline file is CIFAR-10 decoded from JPEG (quality 75); "
                       "accuracies on it are typically a little lower than on real CIFAR-10."]
@@ -127,7 +142,7 @@ def render_markdown(rows: list[Row], note: str) -> str:
 
 CSV_FIELDS = ("algo", "dataset", "dataset_label", "num_clients", "n_seeds", "seeds", "requested_seeds",
               "mean", "std", "paper_mean", "paper_std", "paper_checked", "diff", "schedule", "schedule_kind",
-              "test_accs", "status")
+              "test_accs", "status", "lr")
 
 
 def schedule_kind(note: str) -> str:
@@ -146,7 +161,7 @@ def render_csv(rows: list[Row], note: str) -> str:
                     r.requested, num(r.mean), num(r.std), p.mean if p else "",
                     "" if p is None or p.std is None else p.std, p.checked if p else "",
                     num(r.diff), r.schedule, schedule_kind(note), " ".join(f"{a:.4f}" for a in r.test_accs),
-                    r.status])
+                    r.status, "" if r.lr is None else f"{r.lr:g}"])
     return buf.getvalue()
 
 
@@ -195,6 +210,8 @@ def write_report(cells: list[Cell], out: str | os.PathLike, fields: dict[str, An
     write_text(out / "table.md", render_markdown(rows, note))
     write_text(out / "table.csv", render_csv(rows, note))
     written = ["table.md", "table.csv"]
-    if plot_grid(mean_curves(cells, out, fields), out / "curves.png", note):
+    chosen = {(r.algo, r.dataset, r.num_clients): r.lr for r in rows}
+    shown = [c for c in cells if c.lr is None or c.lr == chosen.get(c.group)]  # a sweep's chosen lr only
+    if plot_grid(mean_curves(shown, out, fields), out / "curves.png", note):
         written.append("curves.png")
     return rows, written

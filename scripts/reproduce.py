@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-clients", type=comma_list(int), default=None,
                    help="comma-separated, for every dataset (default: Table 1's: 10,50,100 for CIFAR, 50 for Omniglot)")
     p.add_argument("--seeds", type=comma_list(int), default=list(SEEDS), help="comma-separated (default: 42,27,13)")
+    p.add_argument("--lr-factors", type=comma_list(float), default=None, metavar="F1,F2,...",
+                   help="tune --lr on validation: each row sweeps its algorithm's default --lr times these factors "
+                        "(e.g. 0.3,1,3) in one program, and the table reports the rate with the best mean validation "
+                        "accuracy (default: the defaults only)")
     p.add_argument("--data-dir", default=None, help="folder with <dataset>.npz (default: $PFEDHN_DATA_DIR)")
     p.add_argument("--out", default=None, help="grid folder (default: runs/table1, or runs/table1-quick with --quick)")
     p.add_argument("--quick", action="store_true",
@@ -90,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         bad = [d for d in args.datasets if d not in DATASETS]
         if bad:
             raise UserError(f"--datasets: unknown {', '.join(bad)}; choose from {', '.join(DATASETS)}")
-        cells = grid.list_cells(args.algos, args.datasets, args.num_clients, args.seeds, log=eprint)
+        if args.lr_factors is not None and (not args.lr_factors or min(args.lr_factors) <= 0
+                                            or len(set(args.lr_factors)) != len(args.lr_factors)):
+            raise UserError(f"--lr-factors: give distinct positive factors, got {args.lr_factors}")
+        cells = grid.list_cells(args.algos, args.datasets, args.num_clients, args.seeds, log=eprint,
+                                lr_factors=args.lr_factors)
         if not cells:
             raise UserError("the grid is empty: check --algos, --datasets, --num-clients and --seeds")
         for c in cells:  # every cell's config is valid before anything runs

@@ -300,3 +300,32 @@ def test_cli_quick_grid_with_missing_data(tmp_path, capsys):
     assert table.count("no data") == 2
     assert reproduce.main(["--algos", "fedavgg", "--out", str(tmp_path / "x")]) == 2
     assert "--algos" in capsys.readouterr().err
+
+
+def test_lr_sweep_trains_each_row_in_one_program_and_the_table_chooses_on_validation(tmp_path, c10):
+    """--lr-factors: a row's (lr, seed) runs go to train_row together (lrs given), and the table
+    reports the rate with the best mean validation accuracy, even where another rate tests higher."""
+    out, fields = tmp_path / "out", dict(data_dir=str(c10), num_steps=10, inner_steps=5, eval_every=2)
+    cells = grid.list_cells(["fedavg"], ["cifar10"], [10], [1, 2], lr_factors=[0.5, 1, 2])
+    assert [c.lr for c in cells] == [2.5e-3, 2.5e-3, 5e-3, 5e-3, 1e-2, 1e-2] and cells[0].name.endswith("-lr0.0025")
+    val = {2.5e-3: 0.70, 5e-3: 0.80, 1e-2: 0.60}     # 5e-3 validates best ...
+    test = {2.5e-3: 0.75, 5e-3: 0.72, 1e-2: 0.90}    # ... though 1e-2 tests best
+    calls = []
+
+    def train(cfg, seeds, run_dirs, progress=False, lrs=None):
+        calls.append((list(seeds), list(lrs)))
+        runs = [(lr, s) for lr in lrs for s in seeds]
+        for (lr, s), d in zip(runs, run_dirs):
+            run = dataclasses.replace(cfg, seed=s, lr=lr, out=str(d))
+            res = fake_results(run, test[lr])
+            res["best"]["best_val_acc"] = val[lr]
+            write_cell(run, res)
+        return [{"best": {"test_acc": test[lr]}} for lr, _ in runs]
+
+    outcomes = grid.run_grid(cells, out, fields, train_fn=train, log=lambda s: None)
+    assert calls == [([1, 2], [2.5e-3, 5e-3, 1e-2])] and {o.status for o in outcomes} == {"trained"}
+    (row,), _ = report.write_report(cells, out, fields)
+    assert row.lr == 5e-3 and row.mean == pytest.approx(72.0) and row.seeds == [1, 2]
+    assert row.lr_val == pytest.approx({2.5e-3: 70.0, 5e-3: 80.0, 1e-2: 60.0})
+    assert "| 0.005 (val 80.00;" in (out / "table.md").read_text()
+    assert grid.run_grid(cells, out, fields, train_fn=train, log=lambda s: None) and len(calls) == 1  # all finished
