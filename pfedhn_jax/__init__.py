@@ -27,19 +27,24 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ClientState": "algorithm", "PFedHN": "algorithm", "StepMetrics": "algorithm", "TrainState": "algorithm",
-    "local_update": "client", "masked_cross_entropy": "client", "run_clients": "client", "sgd": "client",
-    "Config": "config",
-    "DataError": "errors", "DivergenceError": "errors", "UserError": "errors",
-    "BestTracker": "evaluate", "ClientMetrics": "evaluate", "evaluate_clients": "evaluate", "summarize": "evaluate",
-    "HyperNetwork": "hypernet", "default_embed_dim": "hypernet",
-    "ServerState": "server", "hyper_optimizer": "server", "hypernet_grads": "server", "init_server": "server",
-    "server_update": "server",
-    "ConvNet": "targets", "cifar_cnn": "targets", "omniglot_cnn": "targets", "from_linen": "targets",
-    "from_nnx": "targets",
-    "train": "loop", "train_seeds": "loop",
+    # the algorithm and its parts
+    "PFedHN": "algorithm", "TrainState": "algorithm", "ClientState": "algorithm", "StepMetrics": "algorithm",
+    "HyperNetwork": "hypernet", "default_embed_dim": "hypernet", "split_params": "hypernet",
+    "merge_params": "hypernet",
+    "local_update": "client", "masked_cross_entropy": "client",
+    "ServerState": "server", "hyper_optimizer": "server", "server_update": "server",
+    # targets
+    "Target": "targets", "ConvNet": "targets", "cifar_cnn": "targets", "omniglot_cnn": "targets",
+    "from_linen": "targets", "from_nnx": "targets",
+    # data
+    "FederatedData": "data.federated", "ClientIndex": "data.federated",
     "from_arrays": "data.arrays", "label_split": "data.arrays", "from_tfds": "data.arrays",
-    "Target": "targets", "split_params": "hypernet", "merge_params": "hypernet",
+    # evaluation
+    "ClientMetrics": "evaluate", "evaluate_clients": "evaluate", "summarize": "evaluate", "BestTracker": "evaluate",
+    # whole runs
+    "Config": "config", "train": "loop", "train_seeds": "loop",
+    # errors
+    "UserError": "errors", "DataError": "errors", "DivergenceError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import UserError
 
+UNFINISHED = ("running", "interrupted", "diverged")  # results.json statuses of a run that did not get to its end
 RUN_FILES = ("results.json", "curves.png", "checkpoints", "tensorboard")  # what a run writes into --out
 
 
@@ -97,8 +98,8 @@ def restartable(folder: Path) -> str | None:
     """A description of what `folder` holds when it is an unfinished run with no finished checkpoint
     (killed, or stopped by a second Ctrl-C, before its first checkpoint, or in the middle of writing
     it), which is safe to start over: it holds only run files (results.json, checkpoints/ with at
-    most unfinished orbax temporaries, a group's seed-*/ and lr-*/ run folders and summaries) and no
-    results.json says "finished" or "paused". None otherwise (the folder is refused)."""
+    most unfinished orbax temporaries, a group's seed-*/ and lr-*/ run folders and summaries) and
+    every results.json there has an UNFINISHED status. None otherwise (the folder is refused)."""
     statuses = []
 
     def scan(d: Path, depth: int) -> bool:
@@ -112,7 +113,7 @@ def restartable(folder: Path) -> str | None:
                 statuses.append((read_json(f) or {}).get("status"))
         return True
 
-    if not scan(folder, 0) or any(s in ("finished", "paused") for s in statuses):
+    if not scan(folder, 0) or any(s not in UNFINISHED for s in statuses):
         return None
     if not statuses:
         return "the start of a run (no results yet)"

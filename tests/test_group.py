@@ -162,12 +162,11 @@ save = lambda name, params: np.savez(f"{sys.argv[5]}/{name}.npz", **{str(i): np.
                                                                     enumerate(jax.tree.leaves(jax.device_get(params)))})
 got = {}
 # this process's own one-device runs: the baseline the sharded runs must equal (see the test)
-base = [train(dataclasses.replace(cfg, seed=s, out=None), progress=False, devices=jax.devices()[:1]) for s in seeds]
-for s, b in zip(seeds, base):
-    save(f"single-{s}", b["state"].server.params)
+g1 = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-1"), seeds, progress=False, devices=jax.devices()[:1])
+save("params-1", g1["state"].server.params)
 c1 = train(ccfg, progress=False, devices=jax.devices()[:1])
 save("clients-1", c1["state"].server.params)
-got["base"] = {"curves": [b["curves"] for b in base], "client_curves": c1["curves"]}
+got["base"] = {"curves": [r["curves"] for r in g1["runs"]], "client_curves": c1["curves"]}
 for n in json.loads(sys.argv[4]):  # device counts, each a prefix of the forced host devices
     devices = jax.devices()[:n]
     g = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-{n}"), seeds, progress=False, devices=devices)
@@ -201,8 +200,8 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
     and one run's clients of a step sharded over them; one subprocess with 8 forced host devices
     runs both counts.
 
-    Two comparisons. (1) Against the same runs on ONE device of the same subprocess: the sharded
-    seeds equal them bit for bit in parameters (the run-by-run program is the single run's), and
+    Two comparisons. (1) Against the same group on ONE device of the same subprocess: the sharded
+    seeds equal it bit for bit in parameters (each device runs the one-device program), and
     the losses to float32 summation rounding (rel 1e-6); the clients of a step, whose server update
     is summed across devices in another order, to rel 1e-5. (2) Against this process's runs: a
     process with 8 forced host devices runs XLA:CPU's kernels on other thread partitions, so even
@@ -226,7 +225,7 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
     # (2) the subprocess's one-device runs against this process's
     for r, s in enumerate(SEEDS):
         assert_points_close(base["curves"][r], points(singles[s]), ("process", s), rel=1e-3, acc=5e-3)
-        assert_leaves_close(load(f"single-{s}"), singles[s]["state"].server.params, None, rtol=1e-3, atol=1e-4)
+        assert_leaves_close(load("params-1"), singles[s]["state"].server.params, r, rtol=1e-3, atol=1e-4)
     assert_points_close(base["client_curves"], points(many_clients), "process", rel=1e-3, acc=5e-3)
     assert_leaves_close(load("clients-1"), many_clients["state"].server.params, None, rtol=1e-3, atol=1e-4)
     # (1) sharded against one device, in the same process
@@ -235,9 +234,10 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
         assert got["devices"] == devices and got["padded"] == devices  # 2 seeds padded to 4 / 8 devices
         for r, s in enumerate(SEEDS):
             assert_points_close(got["curves"][r], base["curves"][r], (devices, s), rel=1e-6)
-            assert_leaves_close(load(f"params-{devices}"), load(f"single-{s}"), r, rtol=0, atol=0)
+            one = {k: v[r] for k, v in load("params-1").items()}
+            assert_leaves_close(load(f"params-{devices}"), one, r, rtol=0, atol=0)
             if devices == 4:  # vmapped runs: another program (im2col convolutions), rounding
-                assert_leaves_close(load("vmapped-4"), load(f"single-{s}"), r, rtol=1e-5, atol=1e-6)
+                assert_leaves_close(load("vmapped-4"), one, r, rtol=1e-5, atol=1e-6)
         assert_points_close(got["client_curves"], base["client_curves"], devices, rel=1e-5)
         assert_leaves_close(load(f"clients-{devices}"), load("clients-1"), None, rtol=1e-5, atol=1e-6)
 
@@ -245,7 +245,10 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
 def assert_leaves_close(mine, ref, run: int | None, rtol: float, atol: float) -> None:
     """Leaves saved by DEVICES_SCRIPT (an npz of leaves "0", "1", ...; `run`: a leading run axis to
     index) against a params tree or another such npz."""
-    ref = [ref[str(i)] for i in range(len(ref.files))] if hasattr(ref, "files") else jax.tree.leaves(jax.device_get(ref))
+    if hasattr(ref, "files") or (isinstance(ref, dict) and "0" in ref):
+        ref = [ref[str(i)] for i in range(len(mine.files))]
+    else:
+        ref = jax.tree.leaves(jax.device_get(ref))
     assert len(mine.files) == len(ref)
     for i, b in enumerate(ref):
         a = mine[str(i)] if run is None else mine[str(i)][run]
