@@ -9,6 +9,7 @@ A small functional core over pytrees, in layers that import one way
   hypernet    HyperNetwork: `init(key)`, `apply(params, client_ids) -> theta`
   client      `local_update` (K clipped-SGD steps) and client execution strategies
   server      the hypernetwork optimizer and `server_update` (VJP of θ − θ̃)
+  algorithms  the interface (`base.FederatedAlgorithm`), the registry (--algo), the six baselines
   algorithm   PFedHN (and -PC): `init`, `step`, `personal_params`
   data        sources, splits, the dataset registry, the device-resident federated dataset
   evaluate    all-client evaluation and best-validation bookkeeping
@@ -27,19 +28,27 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ClientState": "algorithm", "PFedHN": "algorithm", "StepMetrics": "algorithm", "TrainState": "algorithm",
-    "local_update": "client", "masked_cross_entropy": "client", "run_clients": "client",
-    "Config": "config",
-    "DataError": "errors", "DivergenceError": "errors", "UserError": "errors",
-    "BestTracker": "evaluate", "ClientMetrics": "evaluate", "evaluate_clients": "evaluate", "summarize": "evaluate",
-    "HyperNetwork": "hypernet", "default_embed_dim": "hypernet",
-    "ServerState": "server", "hyper_optimizer": "server", "hypernet_grads": "server", "init_server": "server",
-    "server_update": "server",
-    "ConvNet": "targets", "cifar_cnn": "targets", "omniglot_cnn": "targets", "from_linen": "targets",
-    "from_nnx": "targets",
-    "train": "loop", "train_seeds": "loop",
+    # the algorithms: the interface, pFedHN and the baselines
+    "FederatedAlgorithm": "algorithms.base", "StepMetrics": "algorithms.base",
+    "PFedHN": "algorithm", "TrainState": "algorithm", "ClientState": "algorithm",
+    "FedAvg": "algorithms.fedavg", "FedPer": "algorithms.fedper", "LGFedAvg": "algorithms.lg_fedavg",
+    "Local": "algorithms.local", "PFedMe": "algorithms.pfedme", "PerFedAvg": "algorithms.per_fedavg",
+    "HyperNetwork": "hypernet", "default_embed_dim": "hypernet", "split_params": "hypernet",
+    "merge_params": "hypernet",
+    "local_update": "client", "masked_cross_entropy": "client",
+    "ServerState": "server", "hyper_optimizer": "server", "server_update": "server",
+    # targets
+    "Target": "targets", "ConvNet": "targets", "cifar_cnn": "targets", "omniglot_cnn": "targets",
+    "from_linen": "targets", "from_nnx": "targets",
+    # data
+    "FederatedData": "data.federated", "ClientIndex": "data.federated",
     "from_arrays": "data.arrays", "label_split": "data.arrays", "from_tfds": "data.arrays",
-    "Target": "targets", "split_params": "hypernet", "merge_params": "hypernet",
+    # evaluation
+    "ClientMetrics": "evaluate", "evaluate_clients": "evaluate", "summarize": "evaluate", "BestTracker": "evaluate",
+    # whole runs
+    "Config": "config", "train": "loop", "train_seeds": "loop",
+    # errors
+    "UserError": "errors", "DataError": "errors", "DivergenceError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -198,16 +198,29 @@ def run_differences(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, 
     The one rule for "the same run", used by resume and by the grid: a field missing from an older
     saved config counts as its default; a saved field that Config no longer has is a difference.
     """
-    now = cfg.to_dict()
+    now = _effective(cfg.to_dict())
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    full = _effective({**defaults, **saved})  # automatic values (lr None, embed_dim -1) as the run used them
     out = {}
     for k in sorted(set(saved) | set(now)):
         if k in NOT_THE_RUN:
             continue
-        a, b = saved.get(k, defaults.get(k)), now.get(k)
+        a, b = full.get(k), now.get(k)
         if _canonical(a) != _canonical(b):
             out[k] = (a, b)
     return out
+
+
+def _effective(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with its automatic values filled in: lr (per algorithm), embed_lr (= lr), embed_dim."""
+    d = dict(d)
+    if d.get("lr") is None and d.get("algo") in DEFAULT_LR:
+        d["lr"] = DEFAULT_LR[d["algo"]]
+    if d.get("embed_lr") is None:
+        d["embed_lr"] = d.get("lr")
+    if d.get("embed_dim") == -1 and isinstance(d.get("num_clients"), int):
+        d["embed_dim"] = int(1 + d["num_clients"] / 4)
+    return d
 
 
 def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:

@@ -33,6 +33,10 @@ def evaluate_clients(apply_fn: Callable[[Params, jax.Array], jax.Array], params:
     time); padded positions are masked out.
     """
     length = split.index.shape[1]
+    n_model, n_data = jax.tree.leaves(params)[0].shape[0], split.count.shape[0]
+    if n_model != n_data:
+        raise ValueError(f"evaluate: the model has {n_model} clients (e.g. HyperNetwork(num_clients={n_model})) but the "
+                         f"data has {n_data} (one per train list given to from_arrays); build both for the same clients")
 
     def one(args):
         p, index, count = args

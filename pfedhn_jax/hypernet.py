@@ -180,6 +180,8 @@ class HyperNetwork:
             object.__setattr__(self, "private", (self.private,))
         elif not callable(self.private):
             object.__setattr__(self, "private", tuple(self.private))
+        if self.private and not callable(self.private):
+            split_params(self.param_shapes(), self.private)  # a misspelled name fails here, not at init
 
     @property
     def embedding_dim(self) -> int:

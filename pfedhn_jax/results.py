@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from pfedhn_jax.distributed import is_main
 from pfedhn_jax.errors import UserError
 
+UNFINISHED = ("running", "interrupted", "diverged")  # results.json statuses of a run that did not get to its end
 RUN_FILES = ("results.json", "curves.png", "checkpoints", "tensorboard")  # what a run writes into --out
 
 
@@ -34,8 +35,7 @@ def prepare_output_dir(out: str | None, overwrite: bool, resume: bool) -> Path |
             raise UserError("--resume: needs --out, the folder of the run to continue")
         return None
     p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"--out: {p} exists and is not a folder; choose another path")
+    check_output_path(p)
     if overwrite:
         if resume:
             raise UserError("--resume and --overwrite contradict each other; pass one of them")
@@ -48,8 +48,77 @@ def prepare_output_dir(out: str | None, overwrite: bool, resume: bool) -> Path |
     if resume:
         raise UserError(f"--resume: {p} holds no checkpoint to resume; drop --resume to start a new run")
     if p.is_dir() and any(p.iterdir()):
-        raise UserError(f"--out: {p} already holds results; choose a new folder, or pass --overwrite")
+        why = restartable(p)
+        if why is None:
+            raise UserError(f"--out: {p} already holds results; choose a new folder, or pass --overwrite")
+        from pfedhn_jax.signals import log
+        log(f"{p} holds {why} and no finished checkpoint: nothing to resume, so the run starts over from step 0")
+        for f in (sorted(p.iterdir()) if is_main() else ()):
+            shutil.rmtree(f) if f.is_dir() else f.unlink(missing_ok=True)
     return p
+
+
+def check_output_path(out: str | os.PathLike | None) -> None:
+    """Refuse an --out that cannot be a folder we can write, before anything expensive: one that is a
+    file, lies under a file, or cannot be created (e.g. /proc/runs). Leaves no trace: folders created
+    to find out are removed again."""
+    if out is None:
+        return
+    p = Path(out)
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"--out: {p} exists and is not a folder; choose another path")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UserError(f"--out: {p} is not writable; choose a folder you can write")
+        return
+    missing = [p]
+    while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+        missing.append(missing[-1].parent)
+    parent = missing[-1].parent
+    if not parent.is_dir():
+        raise UserError(f"--out: {p} cannot be created: {parent} is a file, not a folder; choose another path")
+    try:
+        p.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"--out: {p} cannot be created ({e.strerror or e}); choose a folder you can write") from None
+    for d in missing:  # leave nothing behind: the run creates the folder when it first writes
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _is_run_file(f: Path) -> bool:
+    """What a run (or a group of runs) writes into its folder, their temporary files included."""
+    name = f.name.removesuffix(".tmp")
+    return name in RUN_FILES or name in ("summary.json", "summary.md")
+
+
+def restartable(folder: Path) -> str | None:
+    """A description of what `folder` holds when it is an unfinished run with no finished checkpoint
+    (killed, or stopped by a second Ctrl-C, before its first checkpoint, or in the middle of writing
+    it), which is safe to start over: it holds only run files (results.json, checkpoints/ with at
+    most unfinished orbax temporaries, a group's seed-*/ and lr-*/ run folders and summaries) and
+    every results.json there has an UNFINISHED status. None otherwise (the folder is refused)."""
+    statuses = []
+
+    def scan(d: Path, depth: int) -> bool:
+        for f in d.iterdir():
+            if f.is_dir() and depth < 2 and (f.name.startswith("seed-") or f.name.startswith("lr-")):
+                if not scan(f, depth + 1):
+                    return False
+            elif not _is_run_file(f):
+                return False
+            elif f.name == "results.json":
+                statuses.append((read_json(f) or {}).get("status"))
+        return True
+
+    if not scan(folder, 0) or any(s not in UNFINISHED for s in statuses):
+        return None
+    if not statuses:
+        return "the start of a run (no results yet)"
+    shown = sorted({str(s) for s in statuses})
+    return f"an unfinished run (status {', '.join(shown)})"
 
 
 def has_checkpoint(folder: str | os.PathLike) -> bool:

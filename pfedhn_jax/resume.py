@@ -12,6 +12,7 @@ from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import describe_differences, run_differences
 from pfedhn_jax.errors import UserError
 from pfedhn_jax.history import Group
+from pfedhn_jax.signals import log
 
 
 def open_checkpoints(group: Group, template: Any) -> tuple[Checkpointer | None, Any, bool]:
@@ -39,6 +40,9 @@ def open_checkpoints(group: Group, template: Any) -> tuple[Checkpointer | None, 
         raise UserError(f"--num-steps: {out} holds a checkpoint of step {ckpt.latest_step()}, beyond "
                         f"--num-steps {cfg.num_steps}; pass at least {ckpt.latest_step()}")
     group.step = ckpt.latest_step()
+    log(f"extending {'a finished' if steps[0] == group.step else 'the'} run in {out} from {steps[0]} to {steps[1]} "
+        f"steps, from step {group.step}" if steps else
+        f"resuming the run in {out} from step {group.step} of {cfg.num_steps}")
     state, host = ckpt.restore(template, group.step)
     group.restore_host(host)
     if steps is not None:

@@ -36,7 +36,8 @@ def stop_requests():
         if request["signal"] is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         request["signal"] = signal.Signals(signum).name
-        log(f"\n{request['signal']} received: stopping at the next safe point (press Ctrl-C again to abort at once)")
+        again = " (press Ctrl-C again to abort at once; rerunning resumes)" if signum == signal.SIGINT else ""
+        log(f"\n{request['signal']} received: stopping at the next safe point{again}")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

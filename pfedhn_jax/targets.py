@@ -178,14 +178,23 @@ def from_linen(module: Any, sample_input: jax.Array) -> LinenTarget:
     """Wrap a `flax.linen.Module` whose only variables are 'params' (sample_input: (B, ...)).
 
     Modules with other collections (batch_stats, mutable state) are refused: the federated loop
-    carries parameters only, so their state would be silently dropped.
+    carries parameters only, so their state would be silently dropped. So are modules that draw
+    random numbers when applied (RNG streams, e.g. `nn.Dropout(deterministic=False)`): a target's
+    `apply(params, x)` gets no key. Both are checked here, by tracing init and apply (no compute).
     """
+    from flax.errors import InvalidRngError
     sample = jax.ShapeDtypeStruct(tuple(sample_input.shape), sample_input.dtype)
     variables = jax.eval_shape(module.init, jax.random.key(0), sample)
     other = sorted(set(variables) - {"params"})
     if other:
         raise ValueError(f"from_linen: {type(module).__name__} has variable collections {other} besides "
                          "'params'; only stateless modules (no batch_stats / mutable state) can be targets")
+    try:
+        jax.eval_shape(module.apply, {"params": variables["params"]}, sample)
+    except InvalidRngError as e:
+        raise ValueError(f"from_linen: {type(module).__name__} draws random numbers when applied ({str(e).split(' (')[0]}); "
+                         "a target's apply(params, x) gets no PRNG key: make it deterministic (e.g. "
+                         "nn.Dropout(..., deterministic=True)) or drop the RNG stream") from None
     return LinenTarget(module, sample.shape, jnp.dtype(sample.dtype).name)
 
 

@@ -32,7 +32,7 @@ from pfedhn_jax.cli import comma_list
 from pfedhn_jax.config import ALGOS, DATASETS
 from pfedhn_jax.distributed import set_cpu_devices
 from pfedhn_jax.errors import UserError
-from pfedhn_jax.data.registry import validate
+from pfedhn_jax.data.registry import spec, validate
 from pfedhn_jax.paper import SEEDS
 
 # Config fields passed through unchanged to every cell (flag --x-y for field x_y).
@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for c in cells:
             cfg = grid.cell_config(c, out, **fields)
-            print(f"{c.name}: {grid.cell_state(cfg)}")
+            state = grid.cell_state(cfg)
+            if state in ("new", "partial") and spec(cfg.dataset).missing(cfg):  # it cannot train here
+                state = "no data" if state == "new" else "partial, no data to continue it"
+            print(f"{c.name}: {state}")
         return 0
     outcomes = None
     if not args.table_only:

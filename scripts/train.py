@@ -4,7 +4,7 @@
 
     python scripts/train.py --data-dir ../shared/data --out runs/c10-n50-s42
 
-Every flag but the last group is a field of `pfedhn_jax.Config`. Evaluation (every client, val
+Every flag of the first four groups is a field of `pfedhn_jax.Config`; the last two groups are not. Evaluation (every client, val
 and test) happens after outer steps 1, 1+k, 1+2k, ... (k = --eval-every) and after the last step,
 as in the reference. Bad values exit with one line and status 2; Ctrl-C / SIGTERM checkpoint and
 exit with 130 / 143; rerunning the same command resumes (a larger --num-steps extends a run).
@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = validate(Config(**args))
         if stop_at is not None and (stop_at < 1 or cfg.out is None):
             raise UserError("--stop-at: needs a positive step and --out (where the checkpoint goes)")
+        given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+        for one, many in (("--seed", seeds), ("--lr", lrs)):
+            if many is not None and one in given:
+                raise UserError(f"{one}s: replaces {one}; pass one of {one} and {one}s, not both")
+        from pfedhn_jax.results import check_output_path
+        check_output_path(cfg.out)  # a folder that cannot be created fails here, not after loading and compiling
         from pfedhn_jax import distributed
         distributed.set_cpu_devices(cpu_devices)  # before JAX starts
         distributed.initialize(**hosts)
@@ -180,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         return 130 if e.signal == "SIGINT" else 143
     except KeyboardInterrupt:
-        print("aborted by a second Ctrl-C; nothing more was saved", file=sys.stderr)
+        print("aborted by a second Ctrl-C; nothing more was saved; rerun the same command to resume from the "
+              "last checkpoint (or to start over, if there is none)", file=sys.stderr)
         return 130
     if res["status"] == "paused":
         print(f"paused after outer step {int(res['state'].step)}; "
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
               f"client per round, test acc at the best val step {arch['test_acc']:.4f}")
     print(f"test acc at the best val step {b['best_step']}: {b['test_acc']:.4f} (val {b['best_val_acc']:.4f}; "
           f"per client min {b['test_min']:.4f} max {b['test_max']:.4f} std {b['test_std']:.4f}); "
-          f"wall {res['timing']['wall_s']:.0f} s, compile {res['compile_s']:.1f} s{traffic}")
+          f"wall {res['timing']['wall_s']:.0f} s, compile {(res.get('resumed') or [res])[-1]['compile_s']:.1f} s{traffic}")
     return 0
 
 

@@ -155,6 +155,17 @@ def test_float_features_train_and_evaluate_with_a_custom_target():
     assert np.isfinite(np.asarray(metrics.loss)).all()
     test = summarize(evaluate_clients(alg.target.apply, alg.personal_params(state, jnp.arange(2)), d, d.test))
     assert 0.0 <= test["acc"] <= 1.0 and len(test["per_client"]) == 2
+    # a model for 3 clients meets the data of 2: one clear error where the two meet
+    three = PFedHN(HyperNetwork(MLP(), num_clients=3, embed_dim=2, hidden_dim=8, n_hidden=1), inner_steps=2,
+                   batch_size=8)
+    with pytest.raises(ValueError, match=r"evaluate: the model has 3 clients .* but the data has 2"):
+        three.evaluate(jax.jit(three.init)(jax.random.key(0)), d, d.test)
+    from pfedhn_jax.data.federated import check_clients
+    with pytest.raises(ValueError, match=r"has 3 clients but the data has 2"):
+        check_clients(d, 3)
+    with pytest.raises(ValueError, match=r"from_arrays\(\.\.\., batch_size=32\)"):
+        check_clients(d, 2, batch_size=32)
+    check_clients(d, 2, batch_size=8)
 
 
 # ----------------------------------------------------------------------------- one clear error each
@@ -234,6 +245,20 @@ def test_label_split_errors(kw, message):
     args = dict(num_clients=kw.pop("num_clients", 4))
     with pytest.raises(ValueError, match=message):
         label_split(y, y[:100], args["num_clients"], **kw)
+
+
+def test_label_split_refuses_a_slice_of_class_sorted_rows(data_dir):
+    """The real cifar10.npz is sorted by class: its first 6000 training rows hold classes 0 and 1."""
+    with np.load(data_dir / "cifar10.npz") as f:
+        y_train, y_test = f["y_train"], f["y_test"]
+    with pytest.raises(ArrayError, match=r"y_train: 8 of the 10 classes have no samples \(class 2, 3, .*shuffle|"
+                                         r"y_train: 8 of the 10 classes have no samples \(class 2, 3, .*random subset"):
+        label_split(y_train[:6000], y_test, 50)
+    with pytest.warns(UserWarning, match="every client holds every class"):  # both sliced alike: 2 classes
+        label_split(y_train[:10000], y_test[:2000], 10, classes_per_client=2)
+    ix = np.random.default_rng(0).permutation(len(y_train))[:6000]  # the fix: a random subset
+    s = label_split(y_train[ix], y_test, 50, classes_per_client=2)
+    assert len({int(c) for c in s.assignment.classes.ravel()}) == 10
 
 
 # ----------------------------------------------------------------------------- from_tfds

@@ -1,5 +1,6 @@
-"""CIFAR-100 end to end on a small generated cifar100.npz (no real CIFAR-100 offline): the file
-layout of cifar10.npz, 10 classes per client, CIFAR-100's normalisation, a 100-way head."""
+"""CIFAR-100 end to end on the real CIFAR-100 slice (../shared/data/cifar100-slice: 100 train and
+20 test images of each class, lossless): the file layout of cifar10.npz plus coarse labels, 10
+classes per client, CIFAR-100's normalisation, a 100-way head."""
 
 import dataclasses
 import hashlib
@@ -11,36 +12,47 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import shared_data_dir
 from pfedhn_jax import builders, loop
 from pfedhn_jax.data.registry import spec
 from pfedhn_jax.config import Config
-from pfedhn_jax.data.sources import DATASETS
+from pfedhn_jax.data.sources import DATASETS, load_raw
 
-TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_SIZE, N = 14, 4, 200, 10
-
-
-def write_cifar100(folder, seed=0):
-    """cifar100.npz in cifar10.npz's layout (uint8 images and labels, label_names) plus coarse labels."""
-    rng = np.random.default_rng(seed)
-    y_train = np.repeat(np.arange(100, dtype=np.uint8), TRAIN_PER_CLASS)
-    y_test = np.repeat(np.arange(100, dtype=np.uint8), TEST_PER_CLASS)
-    arrays = dict(x_train=rng.integers(0, 256, (len(y_train), 32, 32, 3), dtype=np.uint8), y_train=y_train,
-                  x_test=rng.integers(0, 256, (len(y_test), 32, 32, 3), dtype=np.uint8), y_test=y_test,
-                  label_names=np.array([f"class{i:02d}" for i in range(100)]),
-                  y_train_coarse=(y_train // 5).astype(np.uint8), y_test_coarse=(y_test // 5).astype(np.uint8))
-    path = folder / "cifar100.npz"
-    np.savez(path, **arrays)
-    return path
+TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_SIZE, N = 100, 20, 200, 10
 
 
 @pytest.fixture(scope="module")
-def c100(tmp_path_factory):
-    d = tmp_path_factory.mktemp("c100")
-    path = write_cifar100(d)
-    cfg = Config(dataset="cifar100", data_dir=str(d), num_clients=N, num_steps=3, inner_steps=2, batch_size=8,
+def slice_dir() -> Path:
+    d = shared_data_dir() / "cifar100-slice"
+    if not (d / "cifar100.npz").is_file():
+        pytest.fail(f"the real CIFAR-100 slice is not at {d}: set PFEDHN_DATA_DIR to the folder holding "
+                    "cifar10.npz and cifar100-slice/")
+    return d
+
+
+@pytest.fixture(scope="module")
+def c100(slice_dir, tmp_path_factory):
+    path = slice_dir / "cifar100.npz"
+    cfg = Config(dataset="cifar100", data_dir=str(slice_dir), num_clients=N, num_steps=3, inner_steps=2, batch_size=8,
                  n_kernels=4, hyper_hid=16, n_hidden=1, eval_every=2, val_size=VAL_SIZE, seed=0,
-                 out=str(d / "run"))
+                 out=str(tmp_path_factory.mktemp("c100") / "run"))
     return cfg, path
+
+
+def test_the_slice_is_real_cifar100(c100):
+    """The file the other tests read: 100 classes of 100 / 20 images, CIFAR-100's pixel statistics,
+    fine labels in the original alphabetical order with their coarse superclasses."""
+    cfg, path = c100
+    raw = load_raw("cifar100", cfg.data_dir)
+    assert np.bincount(raw.y_train).tolist() == [TRAIN_PER_CLASS] * 100
+    assert np.bincount(raw.y_test).tolist() == [TEST_PER_CLASS] * 100
+    mean = raw.x_train.reshape(-1, 3).mean(0) / 255
+    np.testing.assert_allclose(mean, DATASETS["cifar100"].mean, atol=0.02)  # a slice of the real train set
+    with np.load(path) as f:
+        names = f["label_names"]
+        assert names[0] == "apple" and names[-1] == "worm" and list(names) == sorted(names)
+        coarse = f["y_train_coarse"]
+        assert coarse.max() == 19 and all(len(set(coarse[f["y_train"] == c])) == 1 for c in range(100))
 
 
 def test_cifar100_trains_end_to_end(c100):
@@ -49,7 +61,7 @@ def test_cifar100_trains_end_to_end(c100):
     saved = json.loads((Path(cfg.out) / "results.json").read_text())
     assert saved["config"]["dataset"] == "cifar100" and saved["data"]["dataset"] == "cifar100"
     assert saved["data"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert saved["data"]["label"] == "CIFAR-100"  # not the CIFAR-10 JPEG copy
+    assert saved["data"]["label"] == "CIFAR-100"  # no "(JPEG copy)" mark: that is CIFAR-10's old file only
     assert [c["step"] for c in saved["curves"]] == [1, 3] and saved["final"]["step"] == 3
     assert 0.0 <= saved["best"]["test_acc"] <= 1.0 and len(saved["best"]["test_per_client"]) == N
     classes = np.array(saved["data"]["client_classes"])

@@ -49,6 +49,11 @@ def test_run_differences_lists_exactly_the_changed_fields():
     assert run_differences(older, Config(seed=1, lr=0.01, n_val=4)) == {"n_val": (3, 4)}
     assert run_differences({**saved, "gone": 0}, Config(seed=1, lr=0.01)) == {"gone": (0, None)}
     assert describe_differences({"num_steps": (5000, 10)}) == "--num-steps (saved: 5000, now: 10)"
+    # automatic values compare as the run used them: lr None is the algorithm's, embed_dim -1 int(1 + N/4)
+    auto = Config(seed=1).to_dict()
+    assert run_differences(auto, Config(seed=1, lr=0.01, embed_lr=0.01, embed_dim=13)) == {}
+    assert run_differences(auto, Config(seed=1, lr=0.02)) == {"lr": (0.01, 0.02), "embed_lr": (0.01, 0.02)}
+    assert run_differences({**auto, "algo": "pfedhn-pc"}, Config(seed=1, algo="pfedhn-pc", lr=0.02))["lr"] == (0.05, 0.02)
 
 
 @pytest.mark.parametrize("fields,flag", [

@@ -35,7 +35,9 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind,match", [
     ("missing", "not found"), ("truncated", "truncated or corrupt"), ("shape", "must be uint8 of shape"),
-    ("keys", "missing arrays"), ("labels", "labels outside")])
+    ("keys", "missing arrays"), ("labels", "labels outside"),
+    ("random bytes", "not an npz archive \\(no zip header\\): the file is corrupt"),
+    ("pickle", "not an npz archive")])
 def test_bad_data_files_are_refused(tmp_path, monkeypatch, kind, match):
     monkeypatch.delenv("PFEDHN_DATA_DIR", raising=False)
     p = tmp_path / "cifar10.npz"
@@ -48,8 +50,13 @@ def test_bad_data_files_are_refused(tmp_path, monkeypatch, kind, match):
         _write_npz(p, y_test=None)
     elif kind == "labels":
         _write_npz(p, labels=10, y_train=np.full(20, 12))
+    elif kind == "random bytes":
+        p.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "pickle":
+        p.write_bytes(b"\x80\x04K\x01.")  # a pickle: numpy would advise allow_pickle=True
     with pytest.raises(DataError, match=match) as e:
         load_raw("cifar10", tmp_path)
+    assert "allow_pickle" not in str(e.value) and "\n" not in str(e.value)
     if kind == "missing":
         assert "--data-dir" in str(e.value) and "tfds" in str(e.value)
     else:

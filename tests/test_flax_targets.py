@@ -169,8 +169,15 @@ def test_stateful_modules_are_refused():
         def __init__(self, rngs):
             self.bn = nnx.BatchNorm(3, rngs=rngs)
 
+    class WithDropout(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dropout(0.5, deterministic=False)(nn.Dense(2)(x))
+
     with pytest.raises(ValueError, match="batch_stats"):
         from_linen(WithBN(), jnp.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"draws random numbers when applied .*deterministic=True"):
+        from_linen(WithDropout(), jnp.zeros((1, 3)))
     with pytest.raises(ValueError, match="BatchStat"):
         from_nnx(NNXWithBN(nnx.Rngs(0)))
 

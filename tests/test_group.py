@@ -23,7 +23,7 @@ SEEDS = [5, 6]  # every in-process group is 2 runs: one compiled program shared 
 
 @pytest.fixture(scope="module")
 def fake_dir(small_cifar_dir):
-    """Real CIFAR-10 images (a small slice of the JPEG copy): random pixels make a chaotic loss
+    """Real CIFAR-10 images (a small slice of the real file): random pixels make a chaotic loss
     surface where float rounding differences between the batched and the plain program grow past
     any tolerance."""
     return small_cifar_dir
@@ -163,6 +163,12 @@ cfg, ccfg, seeds = Config(**json.loads(sys.argv[1])), Config(**json.loads(sys.ar
 save = lambda name, params: np.savez(f"{sys.argv[5]}/{name}.npz", **{str(i): np.asarray(x) for i, x in
                                                                     enumerate(jax.tree.leaves(jax.device_get(params)))})
 got = {}
+# this process's own one-device runs: the baseline the sharded runs must equal (see the test)
+g1 = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-1"), seeds, progress=False, devices=jax.devices()[:1])
+save("params-1", g1["state"].server.params)
+c1 = train(ccfg, progress=False, devices=jax.devices()[:1])
+save("clients-1", c1["state"].server.params)
+got["base"] = {"curves": [r["curves"] for r in g1["runs"]], "client_curves": c1["curves"]}
 for n in json.loads(sys.argv[4]):  # device counts, each a prefix of the forced host devices
     devices = jax.devices()[:n]
     g = train_seeds(dataclasses.replace(cfg, out=f"{cfg.out}-{n}"), seeds, progress=False, devices=devices)
@@ -194,7 +200,20 @@ def many_clients(fake_dir):
 def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, many_clients):
     """Seeds sharded over 4 and over 8 devices (padded; run by run, and on 4 devices also vmapped),
     and one run's clients of a step sharded over them; one subprocess with 8 forced host devices
-    runs both counts."""
+    runs both counts.
+
+    Two comparisons. (1) Against the same group on ONE device of the same subprocess: the sharded
+    seeds equal it bit for bit in parameters (each device runs the one-device program), and
+    the losses to float32 summation rounding (rel 1e-6); the clients of a step, whose server update
+    is summed across devices in another order, to rel 1e-5. (2) Against this process's runs: a
+    process with 8 forced host devices runs XLA:CPU's kernels on other thread partitions, so even
+    its one-device program rounds differently, and 6 training steps of this tiny, high-lr run
+    amplify that: measured on real CIFAR-10 (git 56e2856), rel 3.4e-5 in a val_loss, rel 4e-3 in a
+    train loss and one flipped test prediction (0.0012 of pooled accuracy), the same for the
+    subprocess's one-device group and its sharded ones. So (2) only checks that the subprocess
+    trains the same runs: accuracies within 3e-2, losses within rel 5e-2. Measured in one process
+    with 4 forced devices: seeds sharded over them equal the one-device runs bit for bit (losses to
+    6e-8); the 3.4e-5 that failed the old test was (2), rounding, not sharding."""
     cfg = dataclasses.asdict(tiny(fake_dir, tmp_path / "out"))
     ccfg = dataclasses.asdict(tiny(fake_dir, None, **CLIENTS))
     env = xla_env(max(DEVICE_COUNTS))
@@ -203,31 +222,48 @@ def test_forced_host_devices_give_the_same_numbers(fake_dir, tmp_path, singles, 
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr
     results = json.loads(p.stdout.strip().splitlines()[-1])
+    base = results.pop("base")
     assert sorted(map(int, results)) == DEVICE_COUNTS
+    load = lambda name: np.load(tmp_path / f"{name}.npz")
+    # (2) the subprocess's one-device runs against this process's
+    for r, s in enumerate(SEEDS):
+        assert_points_close(base["curves"][r], points(singles[s]), ("process", s), rel=5e-2, acc=3e-2)
+    assert_points_close(base["client_curves"], points(many_clients), "process", rel=5e-2, acc=3e-2)
+    # (1) sharded against one device, in the same process
     for devices in DEVICE_COUNTS:
         got = results[str(devices)]
         assert got["devices"] == devices and got["padded"] == devices  # 2 seeds padded to 4 / 8 devices
         for r, s in enumerate(SEEDS):
-            assert_points_close(got["curves"][r], points(singles[s]), (devices, s))
-        for name in (f"params-{devices}",) + (("vmapped-4",) if devices == 4 else ()):
-            leaves = np.load(tmp_path / f"{name}.npz")
-            for r, s in enumerate(SEEDS):
-                for i, ref in enumerate(jax.tree.leaves(jax.device_get(singles[s]["state"].server.params))):
-                    np.testing.assert_allclose(leaves[str(i)][r], ref, rtol=1e-5, atol=1e-6, err_msg=name)
-        assert_points_close(got["client_curves"], points(many_clients), devices)
-        leaves = np.load(tmp_path / f"clients-{devices}.npz")
-        for i, ref in enumerate(jax.tree.leaves(jax.device_get(many_clients["state"].server.params))):
-            np.testing.assert_allclose(leaves[str(i)], ref, rtol=1e-5, atol=1e-6)
+            assert_points_close(got["curves"][r], base["curves"][r], (devices, s), rel=1e-6)
+            one = {k: v[r] for k, v in load("params-1").items()}
+            assert_leaves_close(load(f"params-{devices}"), one, r, rtol=0, atol=0)
+            if devices == 4:  # vmapped runs: another program (im2col convolutions), rounding
+                assert_leaves_close(load("vmapped-4"), one, r, rtol=1e-5, atol=1e-6)
+        assert_points_close(got["client_curves"], base["client_curves"], devices, rel=1e-5)
+        assert_leaves_close(load(f"clients-{devices}"), load("clients-1"), None, rtol=1e-5, atol=1e-6)
 
 
-def assert_points_close(mine, ref, what):
+def assert_leaves_close(mine, ref, run: int | None, rtol: float, atol: float) -> None:
+    """Leaves saved by DEVICES_SCRIPT (an npz of leaves "0", "1", ...; `run`: a leading run axis to
+    index) against a params tree or another such npz."""
+    if hasattr(ref, "files") or (isinstance(ref, dict) and "0" in ref):
+        ref = [ref[str(i)] for i in range(len(mine.files))]
+    else:
+        ref = jax.tree.leaves(jax.device_get(ref))
+    assert len(mine.files) == len(ref)
+    for i, b in enumerate(ref):
+        a = mine[str(i)] if run is None else mine[str(i)][run]
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"leaf {i}")
+
+
+def assert_points_close(mine, ref, what, rel: float = 1e-5, acc: float = 1e-6):
     assert len(mine) == len(ref)
     for a, b in zip(mine, ref):
         assert a["step"] == b["step"]
         for k in ("val_acc", "test_acc"):
-            assert a[k] == pytest.approx(b[k], abs=1e-6), (what, k)
+            assert a[k] == pytest.approx(b[k], abs=acc), (what, k)
         for k in ("train_loss", "val_loss", "test_loss"):
-            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (what, k)
+            assert a[k] == pytest.approx(b[k], rel=rel, abs=1e-6), (what, k)
 
 
 def test_indivisible_client_axis_is_refused_in_one_line(fake_dir, tmp_path):

@@ -56,3 +56,9 @@ def test_init_is_torch_default_and_deterministic():
     assert np.abs(np.asarray(p["mlp"][0]["kernel"])).max() <= 1 / np.sqrt(13)
     q = h.init(jax.random.key(0))
     jax.tree.map(np.testing.assert_array_equal, p, q)
+
+
+def test_a_misspelled_private_name_fails_when_the_hypernetwork_is_built(tiny_target):
+    import pytest
+    with pytest.raises(ValueError, match=r"private names \['fc_3'\] match no parameter"):
+        HyperNetwork(tiny_target, 4, private=("fc_3",))

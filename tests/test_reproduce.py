@@ -298,6 +298,9 @@ def test_cli_quick_grid_with_missing_data(tmp_path, capsys):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "quick schedule" in table and "num_steps=20, inner_steps=5, eval_every=10" in table
     assert table.count("no data") == 2
+    assert reproduce.main(["--list", "--datasets", "cifar100,cifar10", "--num-clients", "10", "--seeds", "1",
+                           "--algos", "pfedhn", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "l")]) == 0
+    assert capsys.readouterr().out.splitlines() == ["pfedhn-cifar100-n10-s1: no data", "pfedhn-cifar10-n10-s1: no data"]
     assert reproduce.main(["--algos", "fedavgg", "--out", str(tmp_path / "x")]) == 2
     assert "--algos" in capsys.readouterr().err
 

@@ -89,7 +89,7 @@ def test_different_config_is_refused_naming_keys(fake_dir, tmp_path):
     cfg = tiny(fake_dir, tmp_path / "a", num_steps=6, eval_every=3)
     train(cfg, progress=False, stop_at=3)
     before = snapshot(tmp_path / "a")
-    with pytest.raises(UserError, match=r"--lr \(saved: None, now: 0.1\).*--seed \(saved: 5, now: 6\)"):
+    with pytest.raises(UserError, match=r"--lr \(saved: 0.05, now: 0.1\).*--seed \(saved: 5, now: 6\)"):
         train(dataclasses.replace(cfg, lr=0.1, seed=6), progress=False)
     assert snapshot(tmp_path / "a") == before
 

@@ -77,3 +77,58 @@ def test_sigterm_during_training_checkpoints_within_a_step(small_cifar_dir, tmp_
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == "interrupted"
     assert latency < 30, latency  # one tiny outer step plus a checkpoint write, with a wide margin
+
+
+def test_every_interruption_leaves_a_run_that_resumes_to_the_straight_one(small_cifar_dir, tmp_path):
+    """Ctrl-C twice (before the first checkpoint), SIGKILL as the first checkpoint is being written,
+    SIGTERM after a later one, SIGKILL again a moment after a resume; each time the same command is
+    run again, and the run ends with the curves and best step of a run that was never interrupted.
+    (Checkpoints and results.json are written atomically: a temporary renamed into place.)"""
+    from conftest import TINY_RUN
+    from pfedhn_jax.config import Config
+    from pfedhn_jax.loop import train
+
+    sched = dict(num_steps=10, eval_every=2, checkpoint_every=2)
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--data-dir", str(small_cifar_dir), "--out", str(out),
+           *tiny_flags(**sched), "--no-progress"]
+    ckpts = out / "checkpoints"
+    finished = lambda: sorted(int(c.name) for c in ckpts.iterdir() if c.name.isdigit()) if ckpts.is_dir() else []
+
+    def interrupt(when, *signals, pause=0.0):
+        """Run the command, send `signals` once `when()` holds (polled every 2 ms); the exit status."""
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            deadline = time.time() + 120
+            while not when():
+                assert proc.poll() is None, f"the run ended before the moment to interrupt it: {proc.stderr.read()}"
+                assert time.time() < deadline
+                time.sleep(0.002)
+            time.sleep(pause)
+            for sig in signals:
+                proc.send_signal(sig)
+                time.sleep(0.01)
+            err = proc.communicate(timeout=120)[1]
+        finally:
+            proc.kill()
+        assert "Traceback" not in err, err
+        return proc.returncode, err
+
+    rc, err = interrupt(lambda: (out / "results.json").is_file(), signal.SIGINT, signal.SIGINT)
+    assert rc == 130, err
+    rc, _ = interrupt(lambda: ckpts.is_dir() and any(ckpts.iterdir()), signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    rc, err = interrupt(lambda: any(s >= 4 for s in finished()), signal.SIGTERM)
+    assert rc == 143 and "checkpoint of step" in err, err
+    before = (out / "results.json").stat().st_mtime_ns
+    rc, _ = interrupt(lambda: (out / "results.json").stat().st_mtime_ns != before, signal.SIGKILL)  # resumed, trains
+    assert rc == -signal.SIGKILL
+    final = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert final.returncode == 0 and "resuming the run in" in final.stderr, final.stderr
+    got = json.loads((out / "results.json").read_text())
+
+    straight = train(Config(**{**TINY_RUN, **sched, "data_dir": str(small_cifar_dir), "out": str(tmp_path / "s")}),
+                     progress=False)
+    drop = lambda res: [{k: v for k, v in p.items() if k != "wall_s"} for p in res["curves"]]
+    assert got["status"] == "finished" and drop(got) == drop(straight)
+    assert got["best"] == json.loads(json.dumps(straight["best"]))

@@ -24,6 +24,7 @@ raises one `ArrayError` (a `ValueError`) naming the argument and the fix.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -238,6 +239,18 @@ def label_split(y_train: ArrayLike, y_test: ArrayLike, num_clients: int, *, spli
         raise ArrayError(f"alpha: the Dirichlet concentration must be > 0, got {alpha}")
     if not 0 <= val_size < len(y_train):
         raise ArrayError(f"val_size: must be in [0, {len(y_train)}) (the training set's size), got {val_size}")
+    for name, labels in (("y_train", y_train), ("y_test", y_test)):
+        absent = np.setdiff1d(np.arange(k), labels)
+        if absent.size:
+            shown = ", ".join(map(str, absent[:8])) + (", ..." if absent.size > 8 else "")
+            raise ArrayError(f"{name}: {absent.size} of the {k} classes have no samples (class {shown}); a split needs "
+                             "every class in both sets. Rows sorted by class (as in the offline .npz files) give a "
+                             "first slice such as x_train[:6000] only the first classes: draw a random subset "
+                             "(e.g. rng.permutation(len(y))[:6000]) instead of slicing")
+    if split == "reference" and classes_per_client >= k > 1:
+        warnings.warn(f"label_split: classes_per_client={classes_per_client} >= the {k} classes in the labels, so every "
+                      "client holds every class and the split has no label skew; if you expected more classes, "
+                      "check that your labels were not sliced from class-sorted rows", UserWarning, stacklevel=2)
     raw = RawDataset(None, y_train, None, y_test, "arrays", None)  # make_split reads only the labels
     info = DatasetInfo("arrays", k, (0.0,), (1.0,), classes_per_client, ())
     return make_split(raw, info, num_clients, classes_per_client, seed, val_size, split, alpha)

@@ -54,6 +54,20 @@ def pad_clients(lists: list[np.ndarray], min_len: int = 1) -> ClientIndex:
     return ClientIndex(jnp.asarray(index), jnp.asarray([len(ix) for ix in lists], jnp.int32))
 
 
+def check_clients(data: FederatedData, num_clients: int, batch_size: int | None = None, who: str = "the model") -> None:
+    """One ValueError where an algorithm meets data built for other clients or another batch size
+    (at trace time: shapes only). num_clients: the algorithm's (e.g. `HyperNetwork(num_clients=N)`);
+    batch_size: the local batch it samples, which the training index must be padded to."""
+    have = data.train.count.shape[-1]
+    if have != num_clients:
+        raise ValueError(f"{who} has {num_clients} clients but the data has {have} (one per train list given to "
+                         f"from_arrays); build both for the same clients, e.g. HyperNetwork(..., num_clients={have})")
+    length = data.train.index.shape[-1]
+    if batch_size is not None and batch_size > length:
+        raise ValueError(f"batch_size {batch_size} exceeds the data's training index (padded to {length}); build the "
+                         f"data with from_arrays(..., batch_size={batch_size}), or lower batch_size to {length}")
+
+
 def sample_batch(data: FederatedData, split: ClientIndex, client: jax.Array, key: jax.Array,
                  batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A random batch of one client's samples, without replacement (a fresh shuffle's first batch).
@@ -63,8 +77,9 @@ def sample_batch(data: FederatedData, split: ClientIndex, client: jax.Array, key
     """
     length = split.index.shape[1]
     if batch_size > length:
-        raise ValueError(f"batch_size {batch_size} exceeds the padded length {length} of this split; pad it with "
-                         f"pad_clients(lists, min_len={batch_size}) or lower batch_size")
+        raise ValueError(f"batch_size {batch_size} exceeds the padded length {length} of this split; build the data "
+                         f"with from_arrays(..., batch_size={batch_size}) (or pad_clients(lists, min_len={batch_size})), "
+                         "or lower batch_size")
     count = split.count[client]
     u = jnp.where(jnp.arange(length) < count, jax.random.uniform(key, (length,)), 2.0)
     _, pos = jax.lax.top_k(-u, batch_size)

@@ -53,7 +53,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pfedhn_jax.data.federated import SplitSummary
-from pfedhn_jax.data.sources import (DatasetInfo, RawDataset, file_key, not_found, resolve_data_dir,
+from pfedhn_jax.data.sources import (DatasetInfo, RawDataset, check_npz_header, file_key, npz_problem, not_found, resolve_data_dir,
                                      sha256_file)
 from pfedhn_jax.errors import DataError, UserError
 
@@ -129,6 +129,7 @@ def load_omniglot_npz(path: Path, image_size: int = DEFAULT_IMAGE_SIZE, chunk: i
 def _load_omniglot_npz(path: Path, size: int, mtime_ns: int, image_size: int, chunk: int) -> OmniglotRaw:
     del size, mtime_ns  # cache key only: a replaced file is read again
     fix = "replace it with a good copy of omniglot.npz (see docs/data.md)"
+    check_npz_header(path, fix)
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = set(NPZ_KEYS) - set(f.files)
@@ -138,7 +139,7 @@ def _load_omniglot_npz(path: Path, size: int, mtime_ns: int, image_size: int, ch
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read the file ({e}); it is truncated or corrupt, {fix}") from e
+        raise DataError(f"{path}: cannot read the file ({npz_problem(e)}): it is truncated or corrupt; {fix}") from e
     packed = arrays["images_packed"]
     m = len(packed)
     if packed.dtype != np.uint8 or packed.shape[1:] != (SIDE, (SIDE + 7) // 8):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pfedhn_jax.data.federated import SplitSummary
+from pfedhn_jax.data.sources import check_npz_header, npz_problem
 from pfedhn_jax.errors import UserError
 
 SPLIT_FLAG = "--split-file"
@@ -54,6 +55,7 @@ def _read_npz(path: str | Path, flag: str, prefixes: tuple[str, ...] = ("",)) ->
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{flag}: {p} does not exist; pass the npz dumped by the reference ({DUMP_HINT})")
+    check_npz_header(p, DUMP_HINT, UserError)
     try:
         f = np.load(p, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
@@ -61,7 +63,7 @@ def _read_npz(path: str | Path, flag: str, prefixes: tuple[str, ...] = ("",)) ->
         with f:
             return {k: f[k] for k in f.files if k.startswith(prefixes)}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{flag}: {p} is not a readable npz file ({e}); {DUMP_HINT}") from e
+        raise UserError(f"{flag}: {p} is not a readable npz file ({npz_problem(e)}); {DUMP_HINT}") from e
 
 
 def _is_id(s: str) -> bool:

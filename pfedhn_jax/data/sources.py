@@ -62,6 +62,26 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def check_npz_header(path: Path, fix: str, error: type[Exception] = DataError) -> None:
+    """Refuse a file that is not a zip archive before numpy sees it: on such bytes `np.load` guesses
+    a pickle and advises `allow_pickle=True`, which is wrong and unsafe to follow."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e}); {fix}") from None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise error(f"{path}: not an npz archive (no zip header): the file is corrupt or of another format; {fix}")
+
+
+def npz_problem(e: Exception) -> str:
+    """What went wrong reading an npz archive, in words (never numpy's advice to allow pickles)."""
+    text = str(e)
+    if "pickle" in text:
+        return "it holds no npz archive"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def _check_split(path: Path, x: np.ndarray, y: np.ndarray, split: str, info: DatasetInfo) -> None:
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != info.image_shape:
         raise DataError(f"{path}: x_{split} must be uint8 of shape (n, {', '.join(map(str, info.image_shape))}), "
@@ -91,6 +111,8 @@ def file_key(path: str | os.PathLike) -> tuple[Path, int, int]:
 @functools.lru_cache(maxsize=2)
 def _load_npz(path: Path, size: int, mtime_ns: int, info: DatasetInfo) -> RawDataset:
     del size, mtime_ns  # cache key only: a replaced file is read again
+    fix = f"replace it with a good copy (docs/data.md says how to make {path.name})"
+    check_npz_header(path, fix)
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
@@ -100,7 +122,7 @@ def _load_npz(path: Path, size: int, mtime_ns: int, info: DatasetInfo) -> RawDat
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read the file ({e}); it is truncated or corrupt, replace it") from e
+        raise DataError(f"{path}: cannot read the file ({npz_problem(e)}): it is truncated or corrupt; {fix}") from e
     for split in ("train", "test"):
         _check_split(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split, info)
     arrays = {k: v.astype(np.int32) if k.startswith("y") else v for k, v in arrays.items()}
