@@ -21,7 +21,7 @@ import optax
 from pfedhn_jax import client, evaluate, optim, server
 from pfedhn_jax.algorithms.base import StepMetrics
 from pfedhn_jax.algorithms.common import run_round, sample_clients, tree_bytes, tree_size
-from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
+from pfedhn_jax.data.federated import ClientIndex, FederatedData, check_clients, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, merge_params, split_params
 from pfedhn_jax.targets import Params
 
@@ -180,6 +180,7 @@ class PFedHN(PFedHNSettings):
         them (to replay a reference run's client order). The PRNG key is split exactly as without
         it, so the batches and the next key do not depend on whether ids were given.
         """
+        check_clients(data, self.hnet.num_clients, self.batch_size, "PFedHN's hypernetwork")
         key, k_ids, k_local = jax.random.split(state.key, 3)
         ids = self.sample_clients(k_ids, client_ids)
         theta = self.hnet.apply(state.server.params, ids)

@@ -52,8 +52,8 @@ HELP = {
     "num_steps": ("algorithm", "outer steps (rounds) (default: {default})"),
     "inner_steps": ("algorithm", "local SGD steps per client per round (default: {default})"),
     "batch_size": ("algorithm", "local batch size (default: {default})"),
-    "lr": ("algorithm", "the algorithm's learning rate, the one --lrs sweeps: " + "; ".join(
-        f"{', '.join(n for n, s in ALGORITHMS.items() if s.lr == text)}: {text}"
+    "lr": ("algorithm", "the algorithm's learning rate, the one --lrs sweeps (defaults in brackets): " + "; ".join(
+        f"{', '.join(n for n, s in ALGORITHMS.items() if s.lr == text)}: {text.replace('(default: ', '(')}"
         for text in dict.fromkeys(s.lr for s in ALGORITHMS.values()))),
     "inner_lr": ("algorithm", "pFedHN's local SGD learning rate (the baselines' is --lr) (default: {default})"),
     "embed_lr": ("algorithm", "client-embedding learning rate (default: = --lr)"),

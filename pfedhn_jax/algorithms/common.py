@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from pfedhn_jax import client, evaluate
-from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
+from pfedhn_jax.data.federated import ClientIndex, FederatedData, check_clients, sample_batch
 from pfedhn_jax.evaluate import ClientMetrics
 from pfedhn_jax.targets import Params, Target
 
@@ -167,7 +167,8 @@ class Baseline:
         return key, ids, jax.random.split(k_local, self.clients_per_step)
 
     def batches(self, data: FederatedData, cid: jax.Array) -> Callable[[jax.Array], tuple]:
-        """key -> a fresh (x, y, mask) training batch of client cid."""
+        """key -> a fresh (x, y, mask) training batch of client cid (data checked against N and the batch)."""
+        check_clients(data, self.num_clients, self.batch_size, type(self).__name__)
         return lambda k: sample_batch(data, data.train, cid, k, self.batch_size)
 
     def loss_fn(self, params: Params, batch: tuple) -> jax.Array:

@@ -55,7 +55,11 @@ def _read_npz(path: str | Path, flag: str, prefixes: tuple[str, ...] = ("",)) ->
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{flag}: {p} does not exist; pass the npz dumped by the reference ({DUMP_HINT})")
-    check_npz_header(p, DUMP_HINT, UserError)
+    try:
+        check_npz_header(p, DUMP_HINT, UserError)
+    except UserError:
+        raise UserError(f"{flag}: {p} is not a readable npz file (no zip header: corrupt, or of another format); "
+                        f"{DUMP_HINT}") from None
     try:
         f = np.load(p, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
