@@ -190,11 +190,10 @@ def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], 
         folder = row_folder(first, out)
         resume = has_checkpoint(folder)
         seeds = list(dict.fromkeys(c.seed for c, _ in members))
-        lrs = list(dict.fromkeys(c.lr for c, _ in members))
+        lrs = list(dict.fromkeys(c.lr for c in cells if c.group == first.group))
         sweep = lrs != [None]
         if sweep:  # one program runs every (lr, seed) pair: the unfinished seeds at every lr of the row
             states = {(c.lr, c.seed): st for c, st in members}
-            lrs = [lr for lr in dict.fromkeys(c.lr for c in cells if c.group == first.group)]
             members = [(dataclasses.replace(first, seed=sd, lr=lr), states.get((lr, sd), "finished"))
                        for lr in lrs for sd in seeds]
         cfg = dataclasses.replace(cell_config(first, out, **fields), out=str(folder),
@@ -202,8 +201,8 @@ def run_grid(cells: list[Cell], out: str | os.PathLike, fields: dict[str, Any], 
         run_dirs = [cell_config(c, out, **fields).out for c, _ in members]
         log(f"{folder.name}: {'continuing' if resume else 'training'} seed(s) {', '.join(map(str, seeds))} "
             + (f"x lr {', '.join(f'{lr:g}' for lr in lrs)} " if sweep else "") + "in one program")
-        run = lambda c: train_fn(c, seeds, run_dirs, progress, lrs=lrs) if sweep else train_fn(c, seeds, run_dirs,
-                                                                                            progress)
+        sweep_kw = {"lrs": lrs} if sweep else {}
+        run = lambda c: train_fn(c, seeds, run_dirs, progress, **sweep_kw)
         try:
             try:
                 results = run(cfg)

@@ -30,6 +30,7 @@ import numpy as np
 
 from pfedhn_jax import client, evaluate, server
 from pfedhn_jax.algorithm import ClientState, PFedHNSettings, StepMetrics, TrainState
+from pfedhn_jax.algorithms.common import tree_bytes, tree_size
 from pfedhn_jax.data.federated import ClientIndex, FederatedData, sample_batch
 from pfedhn_jax.hypernet import HyperNetwork, initial_layers, param_shapes
 from pfedhn_jax.targets import Params, Target
@@ -258,5 +259,4 @@ def communication(hnet: HeteroHyperNetwork, clients_per_step: int = 1) -> dict:
     return {"per_arch": per_arch, "flat_vector_params": hnet.total_size,
             "expected_bytes_down_per_round": clients_per_step * mean,
             "expected_bytes_up_per_round": clients_per_step * mean,
-            "hypernet_params": sum(x.size for x in jax.tree.leaves(shapes)),
-            "hypernet_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))}
+            "hypernet_params": tree_size(shapes), "hypernet_bytes": tree_bytes(shapes)}

@@ -114,8 +114,7 @@ def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) 
         vals.setdefault(rec.cfg.effective_lr, {})[str(rec.cfg.seed)] = best(rec, "best_val_acc")
     rows = [{"lr": lr, "seeds": [int(s) for s in by_seed], "test_acc_at_best_val": by_seed,
              **dict(zip(("mean", "std"), _mean_std(list(by_seed.values())))),
-             "best_val_acc": vals[lr], "val_mean": _mean_std(list(vals[lr].values()))[0]}
-            for lr, by_seed in rows.items()]
+             "val_mean": _mean_std(list(vals[lr].values()))[0]} for lr, by_seed in rows.items()]
     out = {"status": status, "config": {k: v for k, v in first["config"].items() if k not in ("seed", "out", "lr")},
            "data": {k: first["data"].get(k) for k in ("dataset", "label", "source", "sha256")},
            "steps": first.get("final", {}).get("step", 0),
@@ -124,8 +123,6 @@ def summarize_group(records: list[RunRecord], status: str, sweep: bool = False) 
     if not sweep:
         out["config"]["lr"] = first["config"]["lr"]
         return {**out, **{k: v for k, v in rows[0].items() if k != "lr"}}
-    for r in rows:
-        r.pop("best_val_acc")
     ranked = [r for r in rows if not math.isnan(r["val_mean"])]
     return {**out, "sweep": "lr", "rows": rows,
             "best_lr": max(ranked, key=lambda r: r["val_mean"])["lr"] if ranked else None}

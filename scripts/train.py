@@ -17,8 +17,8 @@ import dataclasses
 import sys
 import typing
 
-from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, MATMUL_PRECISIONS,
-                               OPTIMIZERS, SPLITS, STRATEGIES, Config)
+from pfedhn_jax.config import (ALGOS, COMPUTE_DTYPES, CONV_IMPLS, DATA_SOURCES, DATASETS, DEFAULT_LR,
+                               MATMUL_PRECISIONS, OPTIMIZERS, SPLITS, STRATEGIES, Config)
 from pfedhn_jax.algorithms import SPECS as ALGORITHMS
 from pfedhn_jax.cli import OneLineParser, comma_list
 from pfedhn_jax.errors import DataError, DivergenceError, Interrupted, UserError
@@ -52,9 +52,9 @@ HELP = {
     "num_steps": ("algorithm", "outer steps (rounds) (default: {default})"),
     "inner_steps": ("algorithm", "local SGD steps per client per round (default: {default})"),
     "batch_size": ("algorithm", "local batch size (default: {default})"),
-    "lr": ("algorithm", "the algorithm's learning rate, the one --lrs sweeps (defaults in brackets): " + "; ".join(
-        f"{', '.join(n for n, s in ALGORITHMS.items() if s.lr == text)}: {text.replace('(default: ', '(')}"
-        for text in dict.fromkeys(s.lr for s in ALGORITHMS.values()))),
+    "lr": ("algorithm", "the algorithm's learning rate, the one --lrs sweeps; defaults: " + "; ".join(
+        f"{', '.join(n for n, s in ALGORITHMS.items() if (s.lr, DEFAULT_LR[n]) == key)}: {key[1]:g}, {key[0]}"
+        for key in dict.fromkeys((s.lr, DEFAULT_LR[n]) for n, s in ALGORITHMS.items()))),
     "inner_lr": ("algorithm", "pFedHN's local SGD learning rate (the baselines' is --lr) (default: {default})"),
     "embed_lr": ("algorithm", "client-embedding learning rate (default: = --lr)"),
     "wd": ("algorithm", "hypernetwork weight decay (default: {default})"),

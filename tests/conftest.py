@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 # One persistent XLA compilation cache for the suite and its subprocesses (the CLI, signal, device
@@ -75,6 +76,15 @@ def production_env() -> dict[str, str]:
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("PFEDHN_DATA_DIR") or ROOT.parent / "shared" / "data")
+
+
+def wait_for_file(proc, path: Path, timeout: float = 240) -> None:
+    """Poll until `path` exists (a subprocess run's results.json: written at its first evaluation, so
+    it has compiled and is training); fails if the process ends first or time runs out."""
+    deadline = time.time() + timeout
+    while not path.is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
 
 
 def train_script():

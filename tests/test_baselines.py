@@ -13,7 +13,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from conftest import ROOT, TINY_RUN, tiny_flags
+from conftest import ROOT, TINY_RUN, tiny_flags, wait_for_file
 from pfedhn_jax import client
 from pfedhn_jax.algorithms.fedavg import FedAvg
 from pfedhn_jax.algorithms.fedper import FedPer
@@ -333,10 +332,7 @@ def test_sigterm_then_rerun_is_bit_identical_for_a_baseline(small_cifar_dir, tmp
            "--out", str(out), *tiny_flags(**flags)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        deadline = time.time() + 240
-        while not (out / "results.json").is_file():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.2)
+        wait_for_file(proc, out / "results.json")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

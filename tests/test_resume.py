@@ -13,13 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_RUN, tiny_flags
+from conftest import ROOT, TINY_RUN, tiny_flags, wait_for_file
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.errors import DataError, DivergenceError, UserError
@@ -154,10 +153,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(fake_dir, tmp_path):
            "--out", str(out), *tiny_flags(num_steps=100000, eval_every=5, checkpoint_every=0)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        deadline = time.time() + 240
-        while not (out / "results.json").is_file():  # written at the first evaluation: compiled, training
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.5)
+        wait_for_file(proc, out / "results.json")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

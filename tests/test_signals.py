@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, tiny_flags
+from conftest import ROOT, tiny_flags, wait_for_file
 
 TINY = [*tiny_flags(checkpoint_every=0), "--no-progress"]
 
@@ -61,10 +61,7 @@ def test_sigterm_during_training_checkpoints_within_a_step(small_cifar_dir, tmp_
     out = tmp_path / "run"
     proc = start(small_cifar_dir, out, "--num-steps", "100000", "--eval-every", "5")
     try:
-        deadline = time.time() + 180
-        while not (out / "results.json").is_file():  # written at the first evaluation: training
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.2)
+        wait_for_file(proc, out / "results.json", timeout=180)
         t0 = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=120)[1]

@@ -58,23 +58,23 @@ _PER_FEDAVG = {
     "perfedavg_alpha": "Per-FedAvg: α, the personalisation step, also the one step taken before evaluation "
                        "(default: {default}, FL-bench's)",
 }
-_CLIENT_LR = "client SGD learning rate (default: 5e-3, pFedHN's local rate; pFedHN's local SGD: momentum 0.9, wd 5e-5, clip 50)"
+_CLIENT_LR = "client SGD learning rate (pFedHN's local rate and local SGD: momentum 0.9, wd 5e-5, clip 50)"
 
 SPECS: dict[str, AlgorithmSpec] = {s.name: s for s in (
-    AlgorithmSpec("pfedhn", "pFedHN", "pfedhn", "build", "hypernetwork learning rate (default: 1e-2, the reference's)",
+    AlgorithmSpec("pfedhn", "pFedHN", "pfedhn", "build", "hypernetwork learning rate (the reference's)",
                   pfedhn=True),
     AlgorithmSpec("pfedhn-pc", "pFedHN-PC", "pfedhn", "build",
-                  "hypernetwork learning rate (default: 5e-2, the reference's pFedHN-PC trainer)", pfedhn=True),
+                  "hypernetwork learning rate (the reference's pFedHN-PC trainer)", pfedhn=True),
     AlgorithmSpec("local", "Local", "local", "build", _CLIENT_LR, clients_per_round=BASELINE_CLIENTS),
     AlgorithmSpec("fedavg", "FedAvg", "fedavg", "build", _CLIENT_LR, clients_per_round=BASELINE_CLIENTS),
     AlgorithmSpec("fedper", "FedPer", "fedper", "build", _CLIENT_LR, clients_per_round=BASELINE_CLIENTS),
     AlgorithmSpec("lg-fedavg", "LG-FedAvg", "lg_fedavg", "build", _CLIENT_LR, clients_per_round=BASELINE_CLIENTS),
-    AlgorithmSpec("pfedme", "pFedMe", "pfedme", "build", "local-model learning rate η (default: 5e-3, pFedMe's README)",
+    AlgorithmSpec("pfedme", "pFedMe", "pfedme", "build", "local-model learning rate η (pFedMe's README)",
                   fields=_PFEDME, clients_per_round=BASELINE_CLIENTS),
     AlgorithmSpec("per-fedavg", "Per-FedAvg", "per_fedavg", "build",
-                  "meta learning rate β (default: 1e-3, FL-bench's)", fields=_PER_FEDAVG, clients_per_round=BASELINE_CLIENTS),
+                  "meta learning rate β (FL-bench's)", fields=_PER_FEDAVG, clients_per_round=BASELINE_CLIENTS),
     AlgorithmSpec("per-fedavg-hf", "Per-FedAvg (HF)", "per_fedavg", "build_hf",
-                  "meta learning rate β (default: 1e-3, FL-bench's)", fields=_PER_FEDAVG, clients_per_round=BASELINE_CLIENTS),
+                  "meta learning rate β (FL-bench's)", fields=_PER_FEDAVG, clients_per_round=BASELINE_CLIENTS),
 )}
 assert tuple(SPECS) == ALGOS, "config.ALGOS and the registry must list the same algorithms, in order"
 

@@ -25,11 +25,6 @@ from pfedhn_jax.data.federated import FederatedData
 from pfedhn_jax.targets import Params
 
 
-def _axpy(a, x: Params, y: Params) -> Params:
-    """a·x + y over matching pytrees."""
-    return jax.tree.map(lambda u, v: a * u + v, x, y)
-
-
 @dataclasses.dataclass(frozen=True)
 class PFedMe(Baseline):
     """lam: λ; k: K inner steps per local iteration; personal_lr: η_p; beta: server mixing β;
@@ -86,8 +81,7 @@ class PFedMe(Baseline):
             return w_loc, theta, loss, tree_norm_diff(state.shared, w_loc)
 
         w_locs, thetas, loss, delta = run_round(one_client, (ids, keys), self.strategy, self.client_sharding)
-        mean = jax.tree.map(lambda x: jnp.mean(x, 0), w_locs)
-        shared = _axpy(1 - self.beta, state.shared, jax.tree.map(lambda m: self.beta * m, mean))
+        shared = jax.tree.map(lambda w, ws: (1 - self.beta) * w + self.beta * jnp.mean(ws, 0), state.shared, w_locs)
         personal = jax.tree.map(lambda all_, new: all_.at[ids].set(new), state.personal, thetas)
         return (state._replace(step=state.step + 1, shared=shared, personal=personal, key=key),
                 StepMetrics(ids, loss, delta))

@@ -156,6 +156,20 @@ class PFedHNServer:
                 last_log = time.monotonic()
             time.sleep(0.5)
 
+    def _reply_metrics(self, reply: Message | None, cid: int, step: int | None = None, late: str = ""):
+        """The metrics record of client cid's reply (for round `step`, when given); BadReply, in words
+        for the log, when there is none, it is an error, or it answers for another client or round."""
+        if reply is None:
+            raise codec.BadReply(f"sent no reply within {self.round_timeout:g} s{late}")
+        if reply.has_error():
+            raise codec.BadReply(f"failed: {reply.error.reason}")
+        m = reply.content["metrics"]
+        if int(m["client_id"]) != cid:
+            raise codec.BadReply(f"replied for client {m['client_id']}")
+        if step is not None and int(m["step"]) != step:
+            raise codec.BadReply(f"replied for client {m['client_id']} round {int(m['step']) + 1}")
+        return m
+
     def _fault(self, step: int, cid: int, kind: str, why: str) -> None:
         node = self.nodes.get(cid)
         log(f"flower: {kind} round {step + 1}: node {node} (client {cid}) {why}; the hypernetwork is unchanged")
@@ -184,13 +198,7 @@ class PFedHNServer:
         for j, c in enumerate(ids):
             r = replies.get(j)
             try:
-                if r is None:
-                    raise codec.BadReply(f"sent no reply within {self.round_timeout:g} s (disconnected or too slow)")
-                if r.has_error():
-                    raise codec.BadReply(f"failed: {r.error.reason}")
-                m = r.content["metrics"]
-                if int(m["client_id"]) != c or int(m["step"]) != step:
-                    raise codec.BadReply(f"replied for client {m['client_id']} round {int(m['step']) + 1}")
+                m = self._reply_metrics(r, c, step, " (disconnected or too slow)")
                 deltas.append(codec.from_record(r.content["delta"], self.theta_template, "delta"))
                 losses.append(codec.scalar(m["loss"], "loss"))
                 norms.append(codec.scalar(m["delta_norm"], "delta_norm"))
@@ -225,13 +233,7 @@ class PFedHNServer:
             for j, c in enumerate(todo):
                 r = replies.get(j)
                 try:
-                    if r is None:
-                        raise codec.BadReply(f"sent no reply within {self.round_timeout:g} s")
-                    if r.has_error():
-                        raise codec.BadReply(f"failed: {r.error.reason}")
-                    m = r.content["metrics"]
-                    if int(m["client_id"]) != c:
-                        raise codec.BadReply(f"replied for client {m['client_id']}")
+                    m = self._reply_metrics(r, c)
                     got[c] = {k: codec.scalar(m[k], k) for k in
                               ("val_correct", "val_total", "val_loss", "test_correct", "test_total", "test_loss")}
                 except (codec.BadReply, KeyError, TypeError, ValueError) as e:
