@@ -1,7 +1,7 @@
 """Several processes: two processes under jax.distributed on localhost (gloo CPU collectives), one
 CPU device each, train two seeds sharded over them, stop at a checkpoint, resume from it in a new
-pair of processes, and get the numbers of one process run straight through; only process 0 writes
-results. Two tasks of a simulated srun job step, given no multi-host flags, join one job and get
+pair of processes, and get the numbers of one process run straight through (pFedHN-PC, and pFedMe
+for the baselines); only process 0 writes results. Two tasks of a simulated srun job step, given no multi-host flags, join one job and get
 the same numbers. Also the --cpu-devices / multi-host flag checks."""
 
 from __future__ import annotations
@@ -129,6 +129,19 @@ def test_two_processes_stop_resume_equal_one(small_cifar_dir, one_process, tmp_p
     assert_same_curves(got, one_process)
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "seed-5", "seed-6", "summary.json", "summary.md"]
+
+
+def test_a_baseline_in_two_processes_equals_one(small_cifar_dir, tmp_path):
+    """pFedMe (a server model, a personal model per client, 2 sampled clients per round): two seeds
+    over two processes give one process's numbers, through the same run machinery as pFedHN."""
+    from pfedhn_jax.config import Config
+    from pfedhn_jax.loop import train_seeds
+    cfg = {**CFG, "algo": "pfedme", "clients_per_step": 2, "data_dir": str(small_cifar_dir)}
+    one = train_seeds(Config(**cfg, out=None), [5, 6], progress=False)
+    got = two_processes(tmp_path / "out", json.dumps(cfg), stop_at=None)
+    assert all(g["status"] == ["finished"] * 2 for g in got)
+    assert [p["step"] for p in got[0]["curves"][0]] == [1, 3, 4]
+    assert_same_curves(got, one)
 
 
 def test_tasks_of_an_srun_step_join_one_job_unasked(small_cifar_dir, one_process, tmp_path):
