@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # pytest-xdist (--dist loadfile) hands whole files to the workers in collection order: the slowest
 # files go first, so none of them starts last and keeps one worker busy alone at the end
 # (order by measured time per file, `pytest --durations=0`, 2-core CPU).
-SLOWEST_FIRST = ("test_group.py", "test_flax_targets.py", "test_hetero.py", "test_examples.py", "test_server.py",
+SLOWEST_FIRST = ("test_flower_deploy.py", "test_group.py", "test_flax_targets.py", "test_hetero.py", "test_examples.py",
+                 "test_server.py",
                  "test_resume.py", "test_novel.py", "test_loop.py", "test_distributed.py", "test_client.py",
                  "test_reproduce.py", "test_pc.py", "test_checkpoint.py", "test_targets.py", "test_signals.py",
-                 "test_draws.py", "test_hypernet.py", "test_replay.py")
+                 "test_draws.py", "test_hypernet.py", "test_replay.py", "test_flower.py")
 
 
 def pytest_collection_modifyitems(items):

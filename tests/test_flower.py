@@ -54,14 +54,14 @@ def test_simulation_engine_equals_train_with_client_order(federation, tmp_path):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=0)  # float32 rounding at most
     assert fl["best"]["best_step"] == ref["best"]["best_step"]
     np.testing.assert_allclose(fl["best"]["test_per_client"], ref["best"]["test_per_client"], rtol=1e-6)
-    chex_params = jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7),
-                               jax.device_get(fl["state"].server.params), jax.device_get(ref["state"].server.params))
-    del chex_params
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7),
+                 jax.device_get(fl["state"].server.params), jax.device_get(ref["state"].server.params))
     # the same files as scripts/train.py: results.json, curves.png, an orbax checkpoint of the last round
     assert {p.name for p in (tmp_path / "flower").iterdir()} >= {"results.json", "curves.png", "checkpoints"}
     assert (tmp_path / "flower" / "checkpoints" / "4").is_dir()
     w = fl["flower"]["wire"]
-    assert w["counts"]["train"][0] == 4 and w["train_bytes_down_per_round"] > fl["communication"]["bytes_down_per_round"]
+    assert w["counts"]["train"][0] == 4
+    assert w["train_bytes_down_per_round"] > fl["communication"]["bytes_down_per_round"]
 
 
 class CorruptingGrid(Grid):

@@ -68,7 +68,8 @@ class ServerRound:
         self.update = jax.jit(at_precision(cfg, self._update), compiler_options=opts)
 
     def _update(self, srv: server.ServerState, ids: jax.Array, delta) -> server.ServerState:
-        """`server.server_update` with δ = θ − θ̃ given: g = (1/C) Σ_i (∂θ_i/∂φ)ᵀ δ_i, one optimizer step."""
+        """`server.server_update` with δ = θ − θ̃ given: g = (1/C) Σ_i (∂θ_i/∂φ)ᵀ δ_i, one optimizer
+        step."""
         hnet, opt = self.alg.hnet, self.alg.server_optimizer()
         _, vjp = jax.vjp(lambda p: hnet.apply(p, ids), srv.params)
         (grads,) = vjp(jax.tree.map(lambda d: d / ids.shape[0], delta))

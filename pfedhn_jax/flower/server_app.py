@@ -16,7 +16,8 @@ would have), and one line names the node, the client and the reason; the fault i
 results.json. Rerunning the server on the same --out resumes from the newest checkpoint.
 
 Run config (pyproject `[tool.flwr.app.config]`, or `flwr run --run-config`): `federation` (the
-folder `scripts/flower.py prepare` wrote), `out`, `round-timeout` and `node-wait` in seconds.
+folder `scripts/flower.py prepare` wrote), `out`, and in seconds `round-timeout`, `node-wait` (for
+every client at the start) and `eval-wait` (for missing clients in an evaluation; default node-wait).
 """
 
 from __future__ import annotations
@@ -53,14 +54,20 @@ POLL_S = 0.05   # how often replies are pulled (Grid.send_and_receive sleeps 3 s
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
+    node_wait = float(rc.get("node-wait", 300.0))
     serve(grid, str(rc["federation"]), str(rc["out"]), round_timeout=float(rc.get("round-timeout", 300.0)),
-          node_wait=float(rc.get("node-wait", 300.0)), progress=bool(rc.get("progress", True)))
+          node_wait=node_wait, eval_wait=float(rc.get("eval-wait", node_wait)), progress=bool(rc.get("progress", True)))
 
 
 def serve(grid: Grid, federation: str, out: str, round_timeout: float = 300.0, node_wait: float = 300.0,
-          progress: bool = True) -> dict:
-    """Train (or resume, or report a finished run) the federation prepared in `federation` into `out`."""
-    return PFedHNServer(grid, federation, out, round_timeout, node_wait).run(progress)
+          progress: bool = True, eval_wait: float | None = None) -> dict:
+    """Train (or resume, or report a finished run) the federation prepared in `federation` into `out`.
+
+    round_timeout: seconds a round waits for its replies; node_wait: seconds the start waits for
+    every client's SuperNode; eval_wait: seconds an evaluation keeps asking missing clients
+    (default node_wait) before it pools the ones that answered."""
+    return PFedHNServer(grid, federation, out, round_timeout, node_wait,
+                        node_wait if eval_wait is None else eval_wait).run(progress)
 
 
 def _flwr_version() -> str:
@@ -71,10 +78,12 @@ def _flwr_version() -> str:
 class PFedHNServer:
     """The strategy: holds φ and its optimizer state, drives rounds through a Flower Grid."""
 
-    def __init__(self, grid: Grid, federation: str, out: str, round_timeout: float, node_wait: float):
+    def __init__(self, grid: Grid, federation: str, out: str, round_timeout: float, node_wait: float,
+                 eval_wait: float | None = None):
         from pfedhn_jax.builders import build_algorithm
         self._refused: set[int] = set()
         self.grid, self.round_timeout, self.node_wait = grid, round_timeout, node_wait
+        self.eval_wait = node_wait if eval_wait is None else eval_wait
         cfg, self.record = read_federation(federation)
         self.cfg = dataclasses.replace(cfg, out=str(out), overwrite=False, resume=False)
         check_supported(self.cfg)
@@ -86,6 +95,7 @@ class PFedHNServer:
         self.nodes: dict[int, int] = {}   # client id -> node id
         self.wire = {"train": [0, 0, 0], "evaluate": [0, 0, 0], "query": [0, 0, 0]}  # [messages, down, up]
         self.faults: list[dict] = []
+        self.round_s: list[float] = []   # seconds of each training round (send, client, reply, update)
         shapes = jax.eval_shape(self.alg.hnet.init, jax.random.key(0))
         one = jax.eval_shape(self.alg.hnet.apply, shapes, jnp.zeros((1,), jnp.int32))
         self.theta_template = jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), one)
@@ -156,11 +166,12 @@ class PFedHNServer:
                 last_log = time.monotonic()
             time.sleep(0.5)
 
-    def _reply_metrics(self, reply: Message | None, cid: int, step: int | None = None, late: str = ""):
+    def _reply_metrics(self, reply: Message | None, cid: int, step: int | None = None, late: str = "",
+                       timeout: float | None = None):
         """The metrics record of client cid's reply (for round `step`, when given); BadReply, in words
         for the log, when there is none, it is an error, or it answers for another client or round."""
         if reply is None:
-            raise codec.BadReply(f"sent no reply within {self.round_timeout:g} s{late}")
+            raise codec.BadReply(f"sent no reply within {self.round_timeout if timeout is None else timeout:g} s{late}")
         if reply.has_error():
             raise codec.BadReply(f"failed: {reply.error.reason}")
         m = reply.content["metrics"]
@@ -215,34 +226,41 @@ class PFedHNServer:
                               np.asarray(norms, np.float32)[None])
         return ServerRunState(state.step + 1, srv, plan.next_key), metrics
 
-    def evaluate_round(self, state: ServerRunState) -> tuple[dict, dict, list[int]]:
-        """Every client's val and test counts with its personal model, pooled; missing clients listed."""
+    def evaluate_round(self, state: ServerRunState) -> tuple[dict, dict, list[int]] | None:
+        """Every client's val and test counts with its personal model, pooled; missing clients listed.
+
+        Every connected client is asked and given `round_timeout` s; clients still missing are asked
+        again (after looking for their nodes) for up to `eval_wait` s more. None if no client answered."""
         step = int(state.step)
         theta = jax.device_get(self.rounds.personal_theta(state))
         n = self.cfg.num_clients
         got: dict[int, dict] = {}
-        end = time.monotonic() + self.node_wait
-        while len(got) < n:
+        end = None
+        while True:
             self.wait_for_clients([c for c in range(n) if c not in got], 0.0)
             todo = [c for c in range(n) if c not in got and c in self.nodes]
+            wait = self.round_timeout if end is None else min(self.round_timeout, max(end - time.monotonic(), 1.0))
             msgs = [self._message(RecordDict({
                 "theta": codec.to_record(jax.tree.map(lambda a: a[c], theta)),
                 "config": ConfigRecord({"step": step, "client_id": c, "run": self.run_key})}),
                 self.nodes[c], MessageType.EVALUATE, step) for c in todo]
-            replies = self._exchange(msgs, "evaluate", self.round_timeout) if msgs else {}
+            replies = self._exchange(msgs, "evaluate", wait) if msgs else {}
             for j, c in enumerate(todo):
                 r = replies.get(j)
                 try:
-                    m = self._reply_metrics(r, c)
+                    m = self._reply_metrics(r, c, timeout=wait)
                     got[c] = {k: codec.scalar(m[k], k) for k in
                               ("val_correct", "val_total", "val_loss", "test_correct", "test_total", "test_loss")}
                 except (codec.BadReply, KeyError, TypeError, ValueError) as e:
-                    log(f"flower: evaluation after round {step}: node {self.nodes.get(c)} (client {c}): {e}; asking again")
-            if len(got) < n and time.monotonic() >= end:
+                    log(f"flower: evaluation after round {step}: node {self.nodes.get(c)} (client {c}): {e}")
+            end = time.monotonic() + self.eval_wait if end is None else end
+            if len(got) == n or time.monotonic() >= end:
                 break
-            if len(got) < n:
-                time.sleep(0.5)
+            time.sleep(0.5)
         missing = [c for c in range(n) if c not in got]
+        if not got:
+            log(f"flower: evaluation after round {step}: no client answered; no curve point")
+            return None
         if missing:
             log(f"flower: evaluation after round {step} pools {len(got)} of {n} clients; missing {missing}")
         have = sorted(got)
@@ -271,7 +289,8 @@ class PFedHNServer:
             del init
             log(f"flower: compiling the hypernetwork's programs on {jax.default_backend()}")
             t_c = time.perf_counter()
-            plan = self.rounds.plan(state, None if cfg.client_order is None else np.zeros(cfg.clients_per_step, np.int32))
+            given = None if cfg.client_order is None else np.zeros(cfg.clients_per_step, np.int32)
+            plan = self.rounds.plan(state, given)
             zero = jax.tree.map(jnp.zeros_like, plan.theta)
             jax.block_until_ready((self.rounds.update(state.server, jnp.asarray(plan.ids), zero),
                                    self.rounds.personal_theta(state)))
@@ -297,6 +316,7 @@ class PFedHNServer:
                 rec = group.records[0]
                 rec.results.setdefault("resumed", []).append({"at_step": group.step, "compile_s": compile_s})
                 self.faults = rec.results.get("flower", {}).get("faults", [])
+                self.round_s = rec.results.get("flower", {}).get("round_s", [])
                 w = rec.results.get("flower", {}).get("wire", {}).get("counts")
                 if w:
                     self.wire = {k: list(v) for k, v in w.items()}
@@ -313,6 +333,7 @@ class PFedHNServer:
         rounds = max(group.step, 1)
         w = self.wire
         rec.results["flower"]["faults"] = self.faults
+        rec.results["flower"]["round_s"] = self.round_s
         rec.results["flower"]["wire"] = {
             "counts": w,
             "what": "serialized Flower objects (message, records, arrays) per message, as Flower deflates them "
@@ -341,7 +362,10 @@ class PFedHNServer:
             t_seg = time.perf_counter()
             while step < cfg.num_steps and stop["signal"] is None:
                 committed = ckpt.latest_step() or 0
+                t_round = time.perf_counter()
                 state, metrics = self.train_round(state, None if order is None else order[step], committed)
+                jax.block_until_ready(state)
+                self.round_s.append(time.perf_counter() - t_round)
                 if metrics is not None:
                     group.pending.append(metrics)
                 step = group.step = step + 1
@@ -350,16 +374,20 @@ class PFedHNServer:
                     losses = check_finite(group.pending, step - len(group.pending), group.labels)
                     rec.train_s += time.perf_counter() - t_seg
                     t_eval = time.perf_counter()
-                    val, test, missing = self.evaluate_round(state)
-                    loss = float(losses[:, 0].mean()) if losses.size else float("nan")
-                    point = rec.add_evaluation(step, loss, val, test, time.perf_counter() - t_eval)
-                    if missing:
-                        point["missing_clients"] = missing
-                    group.pending = []
+                    pooled = self.evaluate_round(state)
+                    if pooled is not None:
+                        val, test, missing = pooled
+                        loss = float(losses[:, 0].mean()) if losses.size else float("nan")
+                        point = rec.add_evaluation(step, loss, val, test, time.perf_counter() - t_eval)
+                        if missing:
+                            point["missing_clients"] = missing
+                        group.pending = []
+                        bar.set_postfix(val=f"{val['acc']:.4f}", test=f"{test['acc']:.4f}",
+                                        test_at_best_val=f"{rec.tracker.test_acc:.4f}")
+                    else:
+                        rec.eval_s += time.perf_counter() - t_eval
                     self._record_flower(group)
                     group.write("running")
-                    bar.set_postfix(val=f"{val['acc']:.4f}", test=f"{test['acc']:.4f}",
-                                    test_at_best_val=f"{rec.tracker.test_acc:.4f}")
                     t_seg = time.perf_counter()
                 if step == cfg.num_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     rec.train_s += time.perf_counter() - t_seg
