@@ -5,8 +5,9 @@ One federation serves every check (starting processes is the cost here):
   * a SuperNode whose key was never registered is refused;
   * a run stopped by SIGTERM after a checkpoint and submitted again resumes, and the 3 rounds give
     the curves of the simulation (`loop.train`, i.e. scripts/train.py --client-order);
-  * a SuperNode killed in the middle of its round leaves the server running: its rounds are skipped
-    (logged, listed in results.json), evaluations pool the other client, the run finishes, φ is finite.
+  * a SuperNode killed (SIGKILL) in the middle of its round leaves the server running: the round is
+    skipped (logged, listed in results.json) and φ is left as it was, the evaluation pools the other
+    client, the next rounds train, the run finishes and φ is finite.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ pytest.importorskip("flwr", reason="needs the [flower] extra: pip install -e '.[
 from conftest import TINY_RUN, xla_env  # noqa: E402
 from pfedhn_jax.config import Config  # noqa: E402
 
-ORDER = [1, 0, 1]   # client 1 trains in round 1: the round whose SuperNode is killed below
+ORDER = [1, 0, 0]   # client 1 trains round 1 (its SuperNode is killed in it below), client 0 rounds 2 and 3
 
 
 def _poll(cond, timeout, what):
@@ -45,7 +46,7 @@ def test_real_processes_tls_auth_sigterm_resume_and_a_killed_node(small_cifar_di
     from pfedhn_jax.loop import train
     np.savez(tmp_path / "order.npz", client_order=np.asarray(ORDER, np.int64))
     cfg = Config(**{**TINY_RUN, "num_clients": 2}, data_dir=str(small_cifar_dir), num_steps=3, eval_every=2,
-                 checkpoint_every=1, client_order=str(tmp_path / "order.npz"))
+                 checkpoint_every=1, keep_checkpoints=3, client_order=str(tmp_path / "order.npz"))
     prepare(cfg, tmp_path / "fed")
     ref = train(dataclasses.replace(cfg, out=str(tmp_path / "train")), progress=False)
 
@@ -65,12 +66,15 @@ def test_real_processes_tls_auth_sigterm_resume_and_a_killed_node(small_cifar_di
         os.kill(_poll(lambda: fed.server_pid(out), 30, "no ServerApp process"), signal.SIGTERM)
         stopped = fed.wait(out, "interrupted", 120)
         assert stopped["flower"]["faults"] == []
+        with Checkpointer(out / "checkpoints") as ck:   # the stop wrote a checkpoint of the last round it ran
+            at = ck.latest_step()
+        assert at is not None and at >= 1
         fed.submit(out)
         res = fed.wait(out, "finished", 300)
-        assert len(res["resumed"]) == 1 and res["resumed"][0]["at_step"] >= 1
+        assert [r["at_step"] for r in res["resumed"]] == [at]
         # float32 rounding: the simulation's one fused program per step and the network's separate
-        # server and client programs round differently in the last bits (measured: < 2e-6 relative
-        # after 3 rounds; two simulation programs, with sampled and with given clients, differ as much)
+        # server and client programs round differently in the last bits (measured here: accuracies and
+        # best step equal, losses within 1.9e-6 relative after 3 rounds; asserted with margin: 1e-5)
         for k in ("step", "val_acc", "test_acc"):
             assert [p[k] for p in res["curves"]] == [p[k] for p in ref["curves"]], k
         for k in ("train_loss", "val_loss", "test_loss"):
@@ -81,7 +85,7 @@ def test_real_processes_tls_auth_sigterm_resume_and_a_killed_node(small_cifar_di
 
         # a SuperNode killed while it trains round 1: the round is skipped, the server goes on
         out = tmp_path / "run-kill"
-        fed.submit(out, round_timeout=10, node_wait=120, eval_wait=5)
+        fed.submit(out, round_timeout=10, node_wait=120, eval_wait=1)
         seen: list[int] = []   # node 1's ClientApp processes, in the order they appeared
 
         def second_message():  # node 1's first message is the server's query, its second round 1's training
@@ -89,23 +93,28 @@ def test_real_processes_tls_auth_sigterm_resume_and_a_killed_node(small_cifar_di
             seen.extend(p for p in now if p not in seen)
             return len(seen) >= 2 and seen[1] in now
         _poll(second_message, 240, "node 1 never started its round")
-        fed.kill("node-1")   # it stays down: the SuperLink would refuse it again until it misses 2 heartbeats (60 s)
-        res = fed.wait(out, "finished", 300)
-        # round 1 (client 1's, killed) and round 3 (client 1's, gone) are skipped; round 2 trains;
-        # evaluations pool the client that answers and name the missing one
-        assert [(f["step"], f["client"]) for f in res["flower"]["faults"]] == [(1, 1), (3, 1)]
-        assert [p.get("missing_clients") for p in res["curves"]] == [[1], [1]]
+        fed.kill("node-1")   # SIGKILL: no goodbye; the SuperLink lists it until it misses its heartbeats
+        res = fed.wait(out, "finished", 300)   # rounds 2 and 3 are client 0's: the server goes on
+        assert [(f["step"], f["client"]) for f in res["flower"]["faults"]] == [(1, 1)]
+        assert "flower: train round 1: node" in fed.run_log(fed.last_run)   # the one logged line per fault
+        # the evaluations pool the client that answers and name the missing one
+        assert [(p["step"], p.get("missing_clients")) for p in res["curves"]] == [(1, [1]), (3, [1])]
         assert all(np.isfinite(p["val_loss"]) and np.isfinite(p["train_loss"]) for p in res["curves"][1:])
-        with Checkpointer(out / "checkpoints") as ck:
-            assert ck.latest_step() == 3
-            host = ck.host_config()
-            assert host["runs"][0]["results"]["flower"]["faults"][0]["client"] == 1
         from pfedhn_jax.builders import build_algorithm
         from pfedhn_jax.flower.rounds import ServerRunState
         from pfedhn_jax.flower.shards import initial_state
         init = initial_state(build_algorithm(cfg), cfg)
+        template = ServerRunState(init.step, init.server, init.key)
         with Checkpointer(out / "checkpoints") as ck:
-            state, _ = ck.restore(ServerRunState(init.step, init.server, init.key))
-        assert all(bool(np.isfinite(x).all()) for x in jax.tree.leaves(state.server.params))
+            assert ck.host_config()["runs"][0]["results"]["flower"]["faults"][0]["client"] == 1
+            skipped, _ = ck.restore(template, step=1)
+            last, _ = ck.restore(template)
+        # the skipped round left φ as it was; the rounds after it moved φ, which stays finite
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(skipped.server.params),
+                     jax.device_get(init.server.params))
+        assert int(last.step) == 3
+        assert all(bool(np.isfinite(x).all()) for x in jax.tree.leaves(last.server.params))
+        assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(last.server.params)),
+                                                            jax.tree.leaves(jax.device_get(init.server.params))))
     finally:
         fed.stop()

@@ -78,6 +78,9 @@ class LocalFederation:
         env = dict(env or os.environ)
         # the SuperLink and SuperNodes start flower-superexec, flwr-serverapp, flwr-clientapp by name
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # ...and they import the pfedhn_jax that this process imported (a checkout, not another install)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.env = {**env, "FLWR_HOME": str(self.dir / "flwr-home")}
         self.node_superlink = self.address   # where SuperNodes connect (e.g. a proxy in front of the SuperLink)
         self.last_run: int | None = None
