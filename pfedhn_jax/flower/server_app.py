@@ -82,6 +82,7 @@ class PFedHNServer:
                  eval_wait: float | None = None):
         from pfedhn_jax.builders import build_algorithm
         self._refused: set[int] = set()
+        self._asking: dict[int, str] = {}   # node id -> id of the query it has not answered yet
         self.grid, self.round_timeout, self.node_wait = grid, round_timeout, node_wait
         self.eval_wait = node_wait if eval_wait is None else eval_wait
         cfg, self.record = read_federation(federation)
@@ -125,32 +126,52 @@ class PFedHNServer:
 
     def discover(self, timeout: float | None = None) -> None:
         """Map clients to the nodes now connected: ask every node not yet known for its client id;
-        a node of another federation, an unknown client id, or a second node for one client is refused."""
+        a node of another federation, an unknown client id, or a second node for one client is refused.
+
+        A query not answered within `timeout` stays pending (its TTL is `round-timeout`) and is
+        pulled again by the next call, so a node that answers slower than one call's wait (a
+        restarted SuperNode: Flower's SuperNode polls every 3 s) is still taken back."""
         live = set(self.grid.get_node_ids())
         self.nodes = {c: n for c, n in self.nodes.items() if n in live}
-        new = sorted(live - set(self.nodes.values()) - self._refused)
-        if not new:
+        self._asking = {n: mid for n, mid in self._asking.items() if n in live}
+        new = sorted(live - set(self.nodes.values()) - self._refused - set(self._asking))
+        if new:
+            msgs = [self._message(RecordDict({"config": ConfigRecord({"federation_id": self.fid})}), n,
+                                  MessageType.QUERY, -1) for n in new]
+            sent = list(self.grid.push_messages(msgs))
+            w = self.wire["query"]
+            w[0] += len(msgs)
+            w[1] += sum(codec.message_bytes(m) for m in msgs)
+            self._asking.update({n: mid for n, mid in zip(new, sent) if mid})
+        end = time.monotonic() + (self.round_timeout if timeout is None else timeout)
+        while self._asking:
+            node_of = {mid: n for n, mid in self._asking.items()}
+            for r in self.grid.pull_messages(list(node_of)):
+                n = node_of.get(r.metadata.reply_to_message_id)
+                if n is None:
+                    continue
+                del self._asking[n]   # answered (or expired): a node without a client is asked again next call
+                self.wire["query"][2] += codec.message_bytes(r)
+                self._admit(n, r)
+            if not self._asking or time.monotonic() >= end:
+                return
+            time.sleep(POLL_S)
+
+    def _admit(self, n: int, r: Message) -> None:
+        """Map node n to the client its query reply names, or refuse it (one line)."""
+        if r.has_error():
+            log(f"flower: node {n} failed to say which client it holds: {r.error.reason}")
             return
-        msgs = [self._message(RecordDict({"config": ConfigRecord({"federation_id": self.fid})}), n,
-                              MessageType.QUERY, -1) for n in new]
-        replies = self._exchange(msgs, "query", self.round_timeout if timeout is None else timeout)
-        for i, n in enumerate(new):
-            r = replies.get(i)
-            if r is None:
-                continue  # not ready yet (e.g. its ClientApp still starting): asked again next time
-            if r.has_error():
-                log(f"flower: node {n} failed to say which client it holds: {r.error.reason}")
-                continue
-            c = r.content["client"]
-            cid, fid = int(c["client_id"]), str(c["federation_id"])
-            if fid != self.fid or not 0 <= cid < self.cfg.num_clients:
-                log(f"flower: refused node {n}: its shard is client {cid} of federation {fid}, not of {self.fid}")
-                self._refused.add(n)
-            elif cid in self.nodes and self.nodes[cid] != n:
-                log(f"flower: refused node {n}: client {cid} is already served by node {self.nodes[cid]}")
-                self._refused.add(n)
-            else:
-                self.nodes[cid] = n
+        c = r.content["client"]
+        cid, fid = int(c["client_id"]), str(c["federation_id"])
+        if fid != self.fid or not 0 <= cid < self.cfg.num_clients:
+            log(f"flower: refused node {n}: its shard is client {cid} of federation {fid}, not of {self.fid}")
+            self._refused.add(n)
+        elif cid in self.nodes and self.nodes[cid] != n:
+            log(f"flower: refused node {n}: client {cid} is already served by node {self.nodes[cid]}")
+            self._refused.add(n)
+        else:
+            self.nodes[cid] = n
 
     def wait_for_clients(self, clients, wait: float) -> list[int]:
         """Discover until every client in `clients` has a node or `wait` s pass; returns the missing ones."""
