@@ -75,8 +75,16 @@ def certs(argv: list[str]) -> int:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--hosts", default="localhost,127.0.0.1", help="names and IPs the SuperLink is reached at")
     a = p.parse_args(argv)
+    hosts = [h.strip() for h in a.hosts.split(",") if h.strip()]
+    if a.nodes < 1:
+        print(f"error: --nodes {a.nodes}: give at least 1 (one key pair per SuperNode)", file=sys.stderr)
+        return 2
+    if not hosts:
+        print("error: --hosts is empty: give the SuperLink's names and IPs, e.g. --hosts localhost,127.0.0.1",
+              file=sys.stderr)
+        return 2
     from pfedhn_jax.flower.certs import make_certificates
-    files = make_certificates(a.dir, a.hosts.split(","), a.nodes)
+    files = make_certificates(a.dir, hosts, a.nodes)
     print("\n".join(f"{k}: {v}" for k, v in files.items()))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -174,3 +175,25 @@ def test_reply_decoding_names_what_differs():
     del rec["['b']"]
     with pytest.raises(codec.BadReply, match="missing"):
         codec.from_record(rec, template, "delta")
+
+
+def test_certs_command_writes_the_files_and_refuses_bad_flags(tmp_path, capsys):
+    """`scripts/flower.py certs`: the CA, the SuperLink's certificate for its hosts, node key pairs
+    (private ones 0600); a bad flag is one line naming it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("flower_script", Path(__file__).parents[1] / "scripts" / "flower.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["certs", "--dir", str(tmp_path / "c"), "--nodes", "2", "--hosts", "localhost,127.0.0.1"]) == 0
+    names = {p.name for p in (tmp_path / "c").iterdir()}
+    assert names == {"ca.crt", "ca.key", "server.pem", "server.key", "node-0", "node-0.pub", "node-1", "node-1.pub"}
+    assert all((tmp_path / "c" / n).stat().st_mode & 0o077 == 0 for n in ("ca.key", "server.key", "node-0"))
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert (tmp_path / "c" / "node-0.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    capsys.readouterr()
+    assert mod.main(["certs", "--dir", str(tmp_path / "d"), "--nodes", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --nodes 0: give at least 1 (one key pair per SuperNode)"]

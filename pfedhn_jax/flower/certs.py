@@ -27,6 +27,9 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def make_certificates(directory: str | os.PathLike, hosts: list[str], nodes: int, days: int = 365) -> dict[str, str]:
+    """Write a CA, the SuperLink's certificate for `hosts` (its subjectAltNames: IPs and DNS names)
+    and `nodes` SuperNode key pairs into `directory`; private keys get mode 0600. Returns
+    {what: path}. Valid for `days` days (from 5 minutes ago, for clocks slightly apart)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
