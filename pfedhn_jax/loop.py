@@ -42,7 +42,8 @@ def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in floats])) if floats else jnp.bool_(True)
 
 
-def _all_finite(tree) -> bool:
+def all_finite(tree) -> bool:
+    """Whether every floating-point leaf of `tree` is finite (one jitted reduction, one host read)."""
     return bool(_finite(tree))
 
 
@@ -191,7 +192,7 @@ def _loop(group: Group, programs: GroupPrograms, state, ckpt: Checkpointer | Non
         if ckpt is None or ckpt.latest_step() == step:
             return
         check_finite(group.pending, step - len(group.pending), group.labels)
-        if not _all_finite(state):
+        if not all_finite(state):
             raise DivergenceError(f"training diverged by outer step {step}: non-finite parameters in the "
                                   "state; lower --lr")
         ckpt.save(step, state, group.host())
@@ -200,7 +201,7 @@ def _loop(group: Group, programs: GroupPrograms, state, ckpt: Checkpointer | Non
         for rec in group.records:
             rec.train_s += seconds
 
-    bar = _progress_bar(cfg.num_steps, progress, initial=step)
+    bar = progress_bar(cfg.num_steps, progress, initial=step)
     try:
         t_seg = time.perf_counter()
         last = cfg.num_steps if stop_at is None else min(stop_at, cfg.num_steps)
@@ -273,7 +274,8 @@ def _record_evaluation(group: Group, programs: GroupPrograms, state, step: int, 
                     test_at_best_val=mean(lambda rec: rec.tracker.test_acc))
 
 
-def _progress_bar(total: int, enabled: bool, initial: int = 0):
+def progress_bar(total: int, enabled: bool, initial: int = 0):
+    """The run's tqdm bar over outer steps (also the Flower server's), starting at `initial`."""
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
                 mininterval=1.0)

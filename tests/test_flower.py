@@ -129,7 +129,7 @@ def test_bad_replies_are_refused_and_leave_the_hypernetwork_unchanged(federation
     srv = PFedHNServer(grid, fed, str(tmp_path / "out"), round_timeout=30, node_wait=30)
     init = initial_state(srv.alg, srv.cfg)
     state = ServerRunState(init.step, init.server, init.key)
-    assert srv.wait_for_clients(range(4), 10) == []
+    assert srv.clients.wait_for(range(4), 10) == []
     capfd.readouterr()
     for step, name in enumerate(CORRUPTIONS):
         new, metrics = srv.train_round(state, np.asarray([ORDER[step]]), 0)

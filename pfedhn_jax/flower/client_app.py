@@ -37,15 +37,11 @@ class FlowerClient:
         self.path = Path(shard)
         cid, cfg, _ = read_header(self.path)
         self.alg = build_algorithm(cfg)
-        template = jax.eval_shape(lambda: self.alg.init(jax.random.key(0)).clients)
-        template = jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), template)
+        template = codec.one_client(jax.eval_shape(lambda: self.alg.init(jax.random.key(0)).clients))
         self.shard = load_shard(self.path, template)
         self.client_id, self.cfg = self.shard.client_id, self.shard.config
         self.runner = ClientRunner(self.alg, self.cfg)
-        self.theta_template = jax.tree.map(
-            lambda s: np.zeros(s.shape[1:], s.dtype),
-            jax.eval_shape(self.alg.hnet.apply, jax.eval_shape(self.alg.hnet.init, jax.random.key(0)),
-                           np.zeros((1,), np.int32)))
+        self.theta_template = codec.theta_template(self.alg)
         self.state_dir = Path(state_dir) if state_dir else self.path.parent / "state" / f"client-{self.client_id}"
 
     # ---------------------------------------------------------------- private state on disk

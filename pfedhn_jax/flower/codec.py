@@ -23,6 +23,18 @@ def leaf_names(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def one_client(shapes: Any) -> Any:
+    """Zeros shaped like one client's slice of `shapes` (a pytree of (clients, ...) shapes)."""
+    return jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), shapes)
+
+
+def theta_template(alg: Any) -> Any:
+    """Zeros shaped like one client's generated θ: the template θ and δ are decoded against."""
+    hnet = alg.hnet
+    return one_client(jax.eval_shape(hnet.apply, jax.eval_shape(hnet.init, jax.random.key(0)),
+                                     np.zeros((1,), np.int32)))
+
+
 def to_record(tree: Any) -> ArrayRecord:
     """A pytree of arrays as an ArrayRecord (host copies, exact bytes)."""
     names = leaf_names(tree)

@@ -67,6 +67,9 @@ def _cmdline(pid: int) -> str:
 
 
 class LocalFederation:
+    """A SuperLink and `nodes` SuperNodes on localhost, each SuperNode serving one client shard of
+    `federation` (the folder `prepare` wrote); logs, certificates and Flower's home under `workdir`."""
+
     def __init__(self, workdir: str | os.PathLike, federation: str | os.PathLike, nodes: int,
                  env: dict | None = None, tls: bool = True, auth: bool = True):
         self.dir = Path(workdir).resolve()
@@ -196,11 +199,12 @@ class LocalFederation:
     def wait(self, out: str | os.PathLike, status: str | tuple, timeout: float, until=None) -> dict:
         """Poll <out>/results.json until its status is `status` (or `until(results)` holds)."""
         statuses = (status,) if isinstance(status, str) else status
+        reached = (lambda r: r.get("status") in statuses) if until is None else until
         end = time.monotonic() + timeout
         run, checked = self.last_run, time.monotonic()
         while time.monotonic() < end:
             r = self.results(out)
-            if r is not None and (r.get("status") in statuses if until is None else until(r)):
+            if r is not None and reached(r):
                 return r
             if self.procs["superlink"].poll() is not None:
                 raise RuntimeError(f"the SuperLink exited: {self.logs['superlink'].read_text()[-3000:]}")
@@ -210,7 +214,7 @@ class LocalFederation:
                 if st.startswith("finished"):
                     time.sleep(1)
                     r = self.results(out)
-                    if r is not None and (r.get("status") in statuses if until is None else until(r)):
+                    if r is not None and reached(r):
                         return r
                     raise RuntimeError(f"run {run} ended ({st}) with {out} at status "
                                        f"{(r or {}).get('status')}: {self.run_log(run)[-4000:]}")

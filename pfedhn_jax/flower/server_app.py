@@ -5,7 +5,8 @@ One round (`PFedHNServer.train_round`), with the simulation's functions (`rounds
   send each client its θ_i and its local PRNG key, receive δ_i = θ_i − θ̃_i, check each reply
   (names, shapes, float32, finite), and apply the VJP update once every client of the round replied.
 Evaluation rounds send every client its θ_i and pool the validation and test counts they return
-as `evaluate.summarize` does. Results go to `<out>/results.json` (scripts/train.py's schema, plus
+as `evaluate.summarize` does. Which node serves which client, the message exchange and its byte
+counts are `nodes.Clients`'s. Results go to `<out>/results.json` (scripts/train.py's schema, plus
 a "flower" section: faults, bytes on the wire), `<out>/curves.png`, and orbax checkpoints in
 `<out>/checkpoints` (cadence of --checkpoint-every, at the end, and on SIGTERM / SIGINT).
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from pfedhn_jax import evaluate
@@ -40,6 +41,7 @@ from pfedhn_jax import results as rio
 from pfedhn_jax.algorithms.base import StepMetrics
 from pfedhn_jax.errors import DivergenceError, UserError
 from pfedhn_jax.flower import codec
+from pfedhn_jax.flower.nodes import Clients
 from pfedhn_jax.flower.rounds import ServerRound, ServerRunState
 from pfedhn_jax.flower.shards import check_supported, initial_state, read_federation
 from pfedhn_jax.history import Group, RunRecord, check_finite, communication
@@ -47,8 +49,6 @@ from pfedhn_jax.resume import finished_results, open_checkpoints
 from pfedhn_jax.signals import log, stop_requests
 
 app = ServerApp()
-
-POLL_S = 0.05   # how often replies are pulled (Grid.send_and_receive sleeps 3 s between pulls)
 
 
 @app.main()
@@ -81,9 +81,7 @@ class PFedHNServer:
     def __init__(self, grid: Grid, federation: str, out: str, round_timeout: float, node_wait: float,
                  eval_wait: float | None = None):
         from pfedhn_jax.builders import build_algorithm
-        self._refused: set[int] = set()
-        self._asking: dict[int, str] = {}   # node id -> id of the query it has not answered yet
-        self.grid, self.round_timeout, self.node_wait = grid, round_timeout, node_wait
+        self.round_timeout, self.node_wait = round_timeout, node_wait
         self.eval_wait = node_wait if eval_wait is None else eval_wait
         cfg, self.record = read_federation(federation)
         self.cfg = dataclasses.replace(cfg, out=str(out), overwrite=False, resume=False)
@@ -93,117 +91,13 @@ class PFedHNServer:
         self.rounds = ServerRound(self.alg, self.cfg)
         self.fid = self.record["federation_id"]
         self.run_key = hashlib.sha256(f"{self.out.resolve()}|{self.fid}".encode()).hexdigest()[:16]
-        self.nodes: dict[int, int] = {}   # client id -> node id
-        self.wire = {"train": [0, 0, 0], "evaluate": [0, 0, 0], "query": [0, 0, 0]}  # [messages, down, up]
+        self.clients = Clients(grid, self.fid, self.cfg.num_clients, round_timeout)
         self.faults: list[dict] = []
         self.round_s: list[float] = []   # seconds of each training round (send, client, reply, update)
-        shapes = jax.eval_shape(self.alg.hnet.init, jax.random.key(0))
-        one = jax.eval_shape(self.alg.hnet.apply, shapes, jnp.zeros((1,), jnp.int32))
-        self.theta_template = jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), one)
-
-    # ------------------------------------------------------------------ messages
-    def _exchange(self, messages: list[Message], kind: str, timeout: float) -> dict[int, Message]:
-        """Push, then pull until every message has its reply or `timeout` passes: {index: reply}."""
-        sent = list(self.grid.push_messages(messages))
-        w = self.wire[kind]
-        w[0] += len(messages)
-        w[1] += sum(codec.message_bytes(m) for m in messages)
-        pending = {mid: i for i, mid in enumerate(sent) if mid}
-        replies: dict[int, Message] = {}
-        end = time.monotonic() + timeout
-        while pending and time.monotonic() < end:
-            for r in self.grid.pull_messages(list(pending)):
-                i = pending.pop(r.metadata.reply_to_message_id, None)
-                if i is not None:
-                    replies[i] = r
-                    w[2] += codec.message_bytes(r)
-            if pending:
-                time.sleep(POLL_S)
-        return replies
-
-    def _message(self, content: RecordDict, node: int, kind: str, step: int) -> Message:
-        return Message(content, node, kind, group_id=str(step), ttl=max(self.round_timeout, 1.0))
-
-    def discover(self, timeout: float | None = None) -> None:
-        """Map clients to the nodes now connected: ask every node not yet known for its client id;
-        a node of another federation, an unknown client id, or a second node for one client is refused.
-
-        A query not answered within `timeout` stays pending (its TTL is `round-timeout`) and is
-        pulled again by the next call, so a node that answers slower than one call's wait (a
-        restarted SuperNode: Flower's SuperNode polls every 3 s) is still taken back."""
-        live = set(self.grid.get_node_ids())
-        self.nodes = {c: n for c, n in self.nodes.items() if n in live}
-        self._asking = {n: mid for n, mid in self._asking.items() if n in live}
-        new = sorted(live - set(self.nodes.values()) - self._refused - set(self._asking))
-        if new:
-            msgs = [self._message(RecordDict({"config": ConfigRecord({"federation_id": self.fid})}), n,
-                                  MessageType.QUERY, -1) for n in new]
-            sent = list(self.grid.push_messages(msgs))
-            w = self.wire["query"]
-            w[0] += len(msgs)
-            w[1] += sum(codec.message_bytes(m) for m in msgs)
-            self._asking.update({n: mid for n, mid in zip(new, sent) if mid})
-        end = time.monotonic() + (self.round_timeout if timeout is None else timeout)
-        while self._asking:
-            node_of = {mid: n for n, mid in self._asking.items()}
-            for r in self.grid.pull_messages(list(node_of)):
-                n = node_of.get(r.metadata.reply_to_message_id)
-                if n is None:
-                    continue
-                del self._asking[n]   # answered (or expired): a node without a client is asked again next call
-                self.wire["query"][2] += codec.message_bytes(r)
-                self._admit(n, r)
-            if not self._asking or time.monotonic() >= end:
-                return
-            time.sleep(POLL_S)
-
-    def _admit(self, n: int, r: Message) -> None:
-        """Map node n to the client its query reply names, or refuse it (one line)."""
-        if r.has_error():
-            log(f"flower: node {n} failed to say which client it holds: {r.error.reason}")
-            return
-        c = r.content["client"]
-        cid, fid = int(c["client_id"]), str(c["federation_id"])
-        if fid != self.fid or not 0 <= cid < self.cfg.num_clients:
-            log(f"flower: refused node {n}: its shard is client {cid} of federation {fid}, not of {self.fid}")
-            self._refused.add(n)
-        elif cid in self.nodes and self.nodes[cid] != n:
-            log(f"flower: refused node {n}: client {cid} is already served by node {self.nodes[cid]}")
-            self._refused.add(n)
-        else:
-            self.nodes[cid] = n
-
-    def wait_for_clients(self, clients, wait: float) -> list[int]:
-        """Discover until every client in `clients` has a node or `wait` s pass; returns the missing ones."""
-        end = time.monotonic() + wait
-        last_log = 0.0
-        while True:
-            self.discover(timeout=min(self.round_timeout, max(end - time.monotonic(), 1.0)))
-            missing = [c for c in clients if c not in self.nodes]
-            if not missing or time.monotonic() >= end:
-                return missing
-            if time.monotonic() - last_log > 10:
-                log(f"flower: waiting for {len(missing)} client(s) to connect: {missing[:10]}")
-                last_log = time.monotonic()
-            time.sleep(0.5)
-
-    def _reply_metrics(self, reply: Message | None, cid: int, step: int | None = None, late: str = "",
-                       timeout: float | None = None):
-        """The metrics record of client cid's reply (for round `step`, when given); BadReply, in words
-        for the log, when there is none, it is an error, or it answers for another client or round."""
-        if reply is None:
-            raise codec.BadReply(f"sent no reply within {self.round_timeout if timeout is None else timeout:g} s{late}")
-        if reply.has_error():
-            raise codec.BadReply(f"failed: {reply.error.reason}")
-        m = reply.content["metrics"]
-        if int(m["client_id"]) != cid:
-            raise codec.BadReply(f"replied for client {m['client_id']}")
-        if step is not None and int(m["step"]) != step:
-            raise codec.BadReply(f"replied for client {m['client_id']} round {int(m['step']) + 1}")
-        return m
+        self.theta_template = codec.theta_template(self.alg)
 
     def _fault(self, step: int, cid: int, kind: str, why: str) -> None:
-        node = self.nodes.get(cid)
+        node = self.clients.node_of.get(cid)
         log(f"flower: {kind} round {step + 1}: node {node} (client {cid}) {why}; the hypernetwork is unchanged")
         self.faults.append({"step": step + 1, "kind": kind, "client": cid, "node": node, "reason": why})
 
@@ -213,24 +107,24 @@ class PFedHNServer:
         step = int(state.step)
         plan = self.rounds.plan(state, given)
         ids = [int(i) for i in plan.ids]
-        missing = self.wait_for_clients(ids, 0.0)
+        missing = self.clients.wait_for(ids, 0.0)
         theta = jax.device_get(plan.theta)
         skipped = state._replace(step=state.step + 1, key=plan.next_key)
         if missing:
             for c in missing:
                 self._fault(step, c, "train", "is not connected")
             return skipped, None
-        msgs = [self._message(RecordDict({
+        msgs = [self.clients.message(RecordDict({
             "theta": codec.to_record(jax.tree.map(lambda a: a[j], theta)),
             "config": ConfigRecord({"step": step, "client_id": c, "run": self.run_key, "committed": committed,
-                                    "key": [int(k) for k in plan.keys[j]]})}), self.nodes[c], MessageType.TRAIN, step)
+                                    "key": [int(k) for k in plan.keys[j]]})}), c, MessageType.TRAIN, step)
             for j, c in enumerate(ids)]
-        replies = self._exchange(msgs, "train", self.round_timeout)
+        replies = self.clients.exchange(msgs, "train", self.round_timeout)
         deltas, losses, norms, bad = [], [], [], False
         for j, c in enumerate(ids):
             r = replies.get(j)
             try:
-                m = self._reply_metrics(r, c, step, " (disconnected or too slow)")
+                m = self.clients.reply_metrics(r, c, step, " (disconnected or too slow)")
                 deltas.append(codec.from_record(r.content["delta"], self.theta_template, "delta"))
                 losses.append(codec.scalar(m["loss"], "loss"))
                 norms.append(codec.scalar(m["delta_norm"], "delta_norm"))
@@ -258,22 +152,22 @@ class PFedHNServer:
         got: dict[int, dict] = {}
         end = None
         while True:
-            self.wait_for_clients([c for c in range(n) if c not in got], 0.0)
-            todo = [c for c in range(n) if c not in got and c in self.nodes]
+            self.clients.wait_for([c for c in range(n) if c not in got], 0.0)
+            todo = [c for c in range(n) if c not in got and c in self.clients.node_of]
             wait = self.round_timeout if end is None else min(self.round_timeout, max(end - time.monotonic(), 1.0))
-            msgs = [self._message(RecordDict({
+            msgs = [self.clients.message(RecordDict({
                 "theta": codec.to_record(jax.tree.map(lambda a: a[c], theta)),
                 "config": ConfigRecord({"step": step, "client_id": c, "run": self.run_key})}),
-                self.nodes[c], MessageType.EVALUATE, step) for c in todo]
-            replies = self._exchange(msgs, "evaluate", wait) if msgs else {}
+                c, MessageType.EVALUATE, step) for c in todo]
+            replies = self.clients.exchange(msgs, "evaluate", wait) if msgs else {}
             for j, c in enumerate(todo):
                 r = replies.get(j)
                 try:
-                    m = self._reply_metrics(r, c, timeout=wait)
+                    m = self.clients.reply_metrics(r, c, timeout=wait)
                     got[c] = {k: codec.scalar(m[k], k) for k in
                               ("val_correct", "val_total", "val_loss", "test_correct", "test_total", "test_loss")}
                 except (codec.BadReply, KeyError, TypeError, ValueError) as e:
-                    log(f"flower: evaluation after round {step}: node {self.nodes.get(c)} (client {c}): {e}")
+                    log(f"flower: evaluation after round {step}: node {self.clients.node_of.get(c)} (client {c}): {e}")
             end = time.monotonic() + self.eval_wait if end is None else end
             if len(got) == n or time.monotonic() >= end:
                 break
@@ -340,9 +234,9 @@ class PFedHNServer:
                 self.round_s = rec.results.get("flower", {}).get("round_s", [])
                 w = rec.results.get("flower", {}).get("wire", {}).get("counts")
                 if w:
-                    self.wire = {k: list(v) for k, v in w.items()}
+                    self.clients.wire = {k: list(v) for k, v in w.items()}
             log(f"flower: waiting for the {cfg.num_clients} clients' SuperNodes")
-            missing = self.wait_for_clients(range(cfg.num_clients), self.node_wait)
+            missing = self.clients.wait_for(range(cfg.num_clients), self.node_wait)
             if missing:
                 raise UserError(f"flower: {len(missing)} of {cfg.num_clients} clients never connected within "
                                 f"{self.node_wait:g} s: {missing[:10]}")
@@ -352,7 +246,7 @@ class PFedHNServer:
     def _record_flower(self, group: Group) -> None:
         rec = group.records[0]
         rounds = max(group.step, 1)
-        w = self.wire
+        w = self.clients.wire
         rec.results["flower"]["faults"] = self.faults
         rec.results["flower"]["round_s"] = self.round_s
         rec.results["flower"]["wire"] = {
@@ -364,7 +258,7 @@ class PFedHNServer:
             "query_bytes": w["query"][1] + w["query"][2]}
 
     def _loop(self, group: Group, state: ServerRunState, ckpt, stop: dict, order, progress: bool) -> dict:
-        from pfedhn_jax.loop import _all_finite, _progress_bar, is_eval_step
+        from pfedhn_jax.loop import all_finite, is_eval_step, progress_bar
         cfg = self.cfg
         step = group.step
         rec = group.records[0]
@@ -373,12 +267,12 @@ class PFedHNServer:
             if ckpt is None or ckpt.latest_step() == step:
                 return
             check_finite(group.pending, step - len(group.pending), group.labels)
-            if not _all_finite(state.server.params):
+            if not all_finite(state.server.params):
                 raise DivergenceError(f"training diverged by round {step}: non-finite hypernetwork parameters")
             self._record_flower(group)
             ckpt.save(step, state, group.host())
 
-        bar = _progress_bar(cfg.num_steps, progress, initial=step)
+        bar = progress_bar(cfg.num_steps, progress, initial=step)
         try:
             t_seg = time.perf_counter()
             while step < cfg.num_steps and stop["signal"] is None:
