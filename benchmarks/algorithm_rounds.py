@@ -69,9 +69,7 @@ def main(argv=None) -> dict:
                "client_iters_per_s": args.clients_per_step * args.inner_steps / stats["median_s"],
                "x_pfedhn": base / stats["median_s"], "eval_s": evals["median_s"], "timing": stats,
                "eval_timing": evals}
-        record["rows"].append(row)
-        print(common.table([row], columns), flush=True)
-        common.write_json(args.out, record)  # partial results survive a timeout
+        common.add_row(args.out, record, row, columns)
     common.finish(args.out, record)
     return record
 

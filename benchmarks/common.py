@@ -188,6 +188,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return p
 
 
+def add_row(path: str | os.PathLike, record: dict[str, Any], row: dict[str, Any], columns: Sequence[str]) -> None:
+    """Append `row` to record["rows"], print it, and write the record so far (partial results
+    survive a timeout)."""
+    record["rows"].append(row)
+    print(table([row], columns), flush=True)
+    write_json(path, record)
+
+
 def choices_list(choices: tuple[str, ...], many: bool = True):
     """An argparse `type`: a comma list of `choices` (`many`) or exactly one of them, with one clear
     error naming the choices."""

@@ -80,9 +80,7 @@ def main(argv=None) -> dict:
                    "compile_s": t.s, "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
                    "local_steps_per_s": rate * args.inner_steps, "eval_s": evals["median_s"], "timing": stats,
                    "eval_timing": evals}
-            record["rows"].append(row)
-            print(common.table([row], columns), flush=True)
-            common.write_json(args.out, record)  # partial results survive a timeout
+            common.add_row(args.out, record, row, columns)
     common.finish(args.out, record)
     return record
 

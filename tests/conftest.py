@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +88,19 @@ def wait_for_file(proc, path: Path, timeout: float = 240) -> None:
     while not path.is_file():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
+
+
+def sigterm_once_training(cmd: list[str], out: Path) -> tuple[int, str]:
+    """Start `cmd` (scripts/train.py writing to `out`), send it SIGTERM once it trains (its
+    results.json exists), and return its (exit status, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        wait_for_file(proc, out / "results.json")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err
 
 
 def train_script():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from conftest import ROOT, TINY_RUN, tiny_flags, wait_for_file
+from conftest import ROOT, TINY_RUN, sigterm_once_training, tiny_flags
 from pfedhn_jax import client
 from pfedhn_jax.algorithms.fedavg import FedAvg
 from pfedhn_jax.algorithms.fedper import FedPer
@@ -330,14 +329,8 @@ def test_sigterm_then_rerun_is_bit_identical_for_a_baseline(small_cifar_dir, tmp
     flags = dict(algo="pfedme", clients_per_step=2, num_steps=100000, eval_every=3, checkpoint_every=0)
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--no-progress", "--data-dir", str(small_cifar_dir),
            "--out", str(out), *tiny_flags(**flags)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        wait_for_file(proc, out / "results.json")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    rc, err = sigterm_once_training(cmd, out)
+    assert rc == 143, err
     step = Checkpointer(out / "checkpoints").latest_step()
     p = subprocess.run(cmd + ["--stop-at", str(step + 4)], capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert p.returncode == 0, p.stderr

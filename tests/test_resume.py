@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_RUN, tiny_flags, wait_for_file
+from conftest import ROOT, TINY_RUN, sigterm_once_training, tiny_flags
 from pfedhn_jax.checkpoint import Checkpointer
 from pfedhn_jax.config import Config
 from pfedhn_jax.errors import DataError, DivergenceError, UserError
@@ -151,14 +150,8 @@ def test_sigterm_leaves_a_resumable_checkpoint(fake_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--no-progress", "--data-dir", str(fake_dir),
            "--out", str(out), *tiny_flags(num_steps=100000, eval_every=5, checkpoint_every=0)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        wait_for_file(proc, out / "results.json")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    rc, err = sigterm_once_training(cmd, out)
+    assert rc == 143, err
     assert "SIGTERM" in err and "--resume" in err and "Traceback" not in err
     step = Checkpointer(out / "checkpoints").latest_step()
     assert step is not None and step >= 1
