@@ -36,7 +36,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import jax
     from pfedhn_jax.builders import load_group_data
     from pfedhn_jax.config import Config
     from pfedhn_jax.programs import GroupPrograms
@@ -53,19 +52,10 @@ def main(argv=None) -> dict:
                      clients_per_step=args.clients_per_step, matmul_precision=args.matmul_precision).validate()
         if data is None:  # one split for every algorithm (the algorithm does not enter the data)
             data = load_group_data(cfg, [cfg.seed])[0]
-        programs = GroupPrograms(cfg, data, 1)
-        holder = [programs.init([cfg.seed])]
-        with common.Timer() as t:
-            programs.compile(holder[0])
-
-        def run():
-            holder[0], metrics = programs.step(holder[0])
-            return metrics
-
-        stats = common.median_time(run, args.repeats, args.warmup, sync=jax.block_until_ready)
-        evals = common.median_time(lambda: programs.evaluate_runs(holder[0]), max(1, args.repeats // 2), 1)
+        compile_s, stats, evals = common.time_programs(GroupPrograms(cfg, data, 1), [cfg.seed], args.repeats,
+                                                       args.warmup, max(1, args.repeats // 2), 1)
         base = base or stats["median_s"]
-        row = {"algo": algo, "compile_s": t.s, "round_s": stats["median_s"],
+        row = {"algo": algo, "compile_s": compile_s, "round_s": stats["median_s"],
                "client_iters_per_s": args.clients_per_step * args.inner_steps / stats["median_s"],
                "x_pfedhn": base / stats["median_s"], "eval_s": evals["median_s"], "timing": stats,
                "eval_timing": evals}

@@ -188,6 +188,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return p
 
 
+def time_programs(programs: Any, seeds: Sequence[int], repeats: int, warmup: int,
+                  eval_repeats: int | None = None, eval_warmup: int | None = None) -> tuple[float, dict, dict]:
+    """A `GroupPrograms`'s compile seconds, then median_time of its step and of its evaluation
+    (every client's val + test), from state initialised at `seeds`."""
+    import jax
+    holder = [programs.init(list(seeds))]
+    with Timer() as t:
+        programs.compile(holder[0])
+
+    def run():
+        holder[0], metrics = programs.step(holder[0])
+        return metrics
+
+    stats = median_time(run, repeats, warmup, sync=jax.block_until_ready)
+    evals = median_time(lambda: programs.evaluate_runs(holder[0]), eval_repeats or repeats,
+                        warmup if eval_warmup is None else eval_warmup)
+    return t.s, stats, evals
+
+
 def add_row(path: str | os.PathLike, record: dict[str, Any], row: dict[str, Any], columns: Sequence[str]) -> None:
     """Append `row` to record["rows"], print it, and write the record so far (partial results
     survive a timeout)."""

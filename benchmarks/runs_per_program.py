@@ -64,20 +64,11 @@ def main(argv=None) -> dict:
         for by_run in ways:  # the GroupPrograms's default way first, then the other one in the same process
             trainer = default if by_run == default.by_run else GroupPrograms(cfg, data, padded, device_mesh(padded),
                                                                        by_run=by_run)
-            holder = [trainer.init(seeds)]
-            with common.Timer() as t:
-                trainer.compile(holder[0])
-
-            def run():
-                holder[0], metrics = trainer.step(holder[0])
-                return metrics
-
-            stats = common.median_time(run, args.repeats, args.warmup, sync=jax.block_until_ready)
-            evals = common.median_time(lambda: trainer.evaluate_runs(holder[0]), args.repeats, args.warmup)
+            compile_s, stats, evals = common.time_programs(trainer, seeds, args.repeats, args.warmup)
             rate = s / stats["median_s"]
             base = base or rate
             row = {"runs": s, "padded_runs": padded, "devices": len(jax.devices()), "by_run": trainer.by_run,
-                   "compile_s": t.s, "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
+                   "compile_s": compile_s, "step_s": stats["median_s"], "run_steps_per_s": rate, "x_one_run": rate / base,
                    "local_steps_per_s": rate * args.inner_steps, "eval_s": evals["median_s"], "timing": stats,
                    "eval_timing": evals}
             common.add_row(args.out, record, row, columns)
